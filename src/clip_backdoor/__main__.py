@@ -1,0 +1,5 @@
+import sys
+
+from clip_backdoor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""``clip-backdoor``: evaluate, run recipes and list what is registered.
+
+User errors (bad paths, names, fields, corrupt files) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from clip_backdoor.errors import UserError
+
+
+def _eval_recipe(args: argparse.Namespace):
+    from clip_backdoor.recipes import parse_recipe
+
+    evaluation = {
+        "templates": args.templates,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "cache": not args.no_cache,
+    }
+    if args.trigger:
+        evaluation["trigger"] = {"name": args.trigger}
+    if args.target is not None:
+        evaluation["target"] = int(args.target) if args.target.isdigit() else args.target
+    return parse_recipe(
+        {
+            "name": args.name,
+            "seed": args.seed,
+            "device": args.device,
+            "runs_root": args.runs_root,
+            "model": {"name": args.model, "pretrained": args.pretrained, "arch": args.arch},
+            "data": {"name": args.data, "split": args.split},
+            "evaluation": evaluation,
+        },
+        source="command line",
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from clip_backdoor.runner import run_recipe
+
+    result = run_recipe(_eval_recipe(args), progress=sys.stderr.isatty())
+    print(result.table)
+    print(f"run folder: {result.path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clip_backdoor.recipes import load_recipe
+    from clip_backdoor.runner import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.runs_root:
+        recipe.runs_root = args.runs_root
+    result = run_recipe(recipe, progress=sys.stderr.isatty())
+    print(result.table)
+    print(f"run folder: {result.path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import clip_backdoor.triggers  # noqa: F401  (registers the built-in triggers)
+    from clip_backdoor.models import MINI_CONFIGS
+    from clip_backdoor.registry import REGISTRIES
+
+    print(f"mini models: {', '.join(MINI_CONFIGS)}")
+    for kind, registry in REGISTRIES.items():
+        print(f"{kind}s: {', '.join(registry.names()) or '(none yet)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clip-backdoor",
+        description="Attack, defend, inspect and benchmark backdoors in CLIP models.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run a recipe (model, stages, evaluation)")
+    run.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    run.add_argument("--runs-root", help="parent folder of the run folder (default: recipe's)")
+    run.set_defaults(func=cmd_run)
+
+    ev = commands.add_parser(
+        "eval", help="zero-shot CA (and ASR with --trigger) of a model on a data set"
+    )
+    ev.add_argument("--model", default="mini", help="mini config, open_clip name, folder or file")
+    ev.add_argument("--pretrained", help="pretrained tag (e.g. openai) or weights file")
+    ev.add_argument("--arch", help="architecture of a bare weights file (else inferred)")
+    ev.add_argument("--data", default="synthetic", help="'synthetic', a data set name or a path")
+    ev.add_argument("--split", default="test", help="data split (default: test)")
+    ev.add_argument("--templates", default="openai", help="openai, simple, photo, or 'a {} x'")
+    ev.add_argument("--trigger", help="trigger name, to measure ASR (identity: clean rate)")
+    ev.add_argument("--target", help="target class name or label, for ASR")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
+    ev.add_argument("--runs-root", default="runs", help="parent folder of run folders")
+    ev.add_argument("--name", default="eval", help="run name (folder suffix)")
+    ev.set_defaults(func=cmd_eval)
+
+    lst = commands.add_parser("list", help="list mini models and registered methods")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def _one_line(error: Exception) -> str:
+    """Errors re-raised by DataLoader workers carry a traceback: keep the original message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"clip-backdoor: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clip-backdoor: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""CLIP models in pixel space: loading, saving and the small "mini" family."""
+
+from clip_backdoor.models.loading import LoadedCLIP, load_clip, save_clip, tokenizer_for
+from clip_backdoor.models.mini_configs import MINI_CONFIGS
+from clip_backdoor.models.pixel_clip import PixelCLIP, pixel_transform
+
+__all__ = [
+    "MINI_CONFIGS",
+    "LoadedCLIP",
+    "PixelCLIP",
+    "load_clip",
+    "pixel_transform",
+    "save_clip",
+    "tokenizer_for",
+]

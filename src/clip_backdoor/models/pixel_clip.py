@@ -1,0 +1,87 @@
+"""A CLIP that takes pixel-space images in [0, 1]; normalisation happens inside.
+
+Why: triggers, perturbations and optimised patches must act on real images and stay valid
+(clamped to [0, 1]). Keeping mean/std inside the model means no attack or defense ever has to
+know a model's normalisation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transform import image_transform
+from torch import nn
+
+
+class PixelCLIP(nn.Module):
+    """Wraps an open_clip CLIP; ``encode_image`` takes (B, 3, H, W) floats in [0, 1]."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        model_cfg: dict,
+        preprocess_cfg: dict | None = None,
+        name: str = "clip",
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.name = name
+        self.model_cfg = copy.deepcopy(model_cfg)
+        cfg = dict(preprocess_cfg or {})
+        cfg.setdefault("mean", list(OPENAI_DATASET_MEAN))
+        cfg.setdefault("std", list(OPENAI_DATASET_STD))
+        cfg.setdefault("interpolation", "bicubic")
+        cfg.setdefault("resize_mode", "shortest")
+        cfg["size"] = self.image_size
+        self.preprocess_cfg = cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, Sequence) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model_cfg["text_cfg"].get("context_length", 77))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.clip.encode_image(self.normalize(images))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.clip.encode_text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        """Normalised image and text features and the logit scale, like open_clip's CLIP."""
+        return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+
+    def pixel_transform(self):
+        """PIL image -> float tensor in [0, 1] at the model's resolution (no normalisation)."""
+        return pixel_transform(self.image_size, self.preprocess_cfg)
+
+
+def pixel_transform(image_size: int, preprocess_cfg: dict | None = None):
+    """open_clip's evaluation transform with the normalisation removed (mean 0, std 1)."""
+    cfg = preprocess_cfg or {}
+    return image_transform(
+        image_size,
+        is_train=False,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        resize_mode=cfg.get("resize_mode", "shortest"),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )

@@ -1,0 +1,113 @@
+"""Run folders: ``<root>/<YYYYmmdd-HHMMSS>-<name>/`` with config, metrics, log, tables, figures.
+
+A run never overwrites an existing folder: a name already taken gets a ``-2``, ``-3`` suffix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+import clip_backdoor
+from clip_backdoor import precision as precision_mod
+
+
+def versions() -> dict:
+    import open_clip
+    import torch
+
+    return {
+        "clip_backdoor": clip_backdoor.__version__,
+        "torch": str(torch.__version__),
+        "open_clip": str(open_clip.__version__),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": precision_mod.cpu_name(),
+        "native_bf16": precision_mod.native_bf16(),
+    }
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunDir:
+    """A fresh run folder with a logger that writes ``log.txt`` and the console."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        for sub in ("tables", "figures", "artifacts"):
+            (path / sub).mkdir()
+        self.logger = logging.getLogger(f"clip_backdoor.run.{path.name}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        handler = logging.FileHandler(path / "log.txt", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self.logger.addHandler(handler)
+
+    @classmethod
+    def create(cls, root: str | Path, name: str) -> RunDir:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        for attempt in range(1, 1000):
+            path = root / (stem if attempt == 1 else f"{stem}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise RuntimeError(f"no free run folder name under {root} for {stem}")
+
+    def log(self, message: str) -> None:
+        self.logger.info(message)
+
+    def write_config(self, config: dict) -> None:
+        text = yaml.safe_dump({**config, "versions": versions()}, sort_keys=False)
+        (self.path / "config.yaml").write_text(text)
+
+    def write_metrics(self, metrics: dict) -> None:
+        text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
+        (self.path / "metrics.json").write_text(text + "\n")
+
+    def write_table(self, name: str, headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+        """Writes tables/<name>.md and .csv; returns the markdown."""
+        markdown = markdown_table(headers, rows)
+        (self.path / "tables" / f"{name}.md").write_text(markdown + "\n")
+        with (self.path / "tables" / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(headers)
+            writer.writerows(rows)
+        return markdown
+
+    def close(self) -> None:
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

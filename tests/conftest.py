@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models and tiny on-disk data sets, never ../shared/models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import clip_backdoor  # noqa: F401  (installs the torchvision shim first)
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from clip_backdoor.models import load_clip
+
+    return load_clip("mini-tiny")
+
+
+def write_image_folder(root: Path, classnames: list[str], per_class: int, size: int = 40) -> Path:
+    """classnames.json + train/ and test/ folders of random JPEGs in the shared layout."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classnames.json").write_text(json.dumps(classnames))
+    for split in ("train", "test"):
+        for label, name in enumerate(classnames):
+            folder = root / split / f"{label:03d}_{name}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img_{i}.jpg")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "toyset", ["cat", "dog", "car_side"], per_class=4)

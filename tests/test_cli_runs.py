@@ -1,0 +1,98 @@
+"""Recipes, run folders and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import SHARED_DATASETS
+
+from clip_backdoor.cli import main
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.recipes import load_recipe, parse_recipe
+from clip_backdoor.runner import run_recipe
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "model": {"name": "mini-tiny"},
+    "data": {"name": "synthetic", "split": "test", "size": 48},
+    "evaluation": {"templates": "photo", "trigger": {"name": "identity"}, "target": "red circle"},
+}
+
+
+def test_run_writes_a_run_folder_and_never_overwrites(tmp_path):
+    recipe = parse_recipe({**TINY_RECIPE, "runs_root": str(tmp_path)})
+    first, second = run_recipe(recipe, progress=False), run_recipe(recipe, progress=False)
+    assert first.path != second.path and first.path.parent == second.path.parent == tmp_path
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "log.txt",
+        "tables/zeroshot.md",
+        "tables/zeroshot.csv",
+    ):
+        assert (first.path / name).is_file(), name
+    config = yaml.safe_load((first.path / "config.yaml").read_text())
+    assert config["seed"] == 0 and config["versions"]["torch"].startswith("2.13")
+    metrics = json.loads((first.path / "metrics.json").read_text())["evaluation"]
+    assert metrics == second.metrics["evaluation"]  # same recipe and seed, same numbers
+    assert 0.0 <= metrics["ca"] <= 1.0 and metrics["n"] == 48 and metrics["asr_n"] == 44
+
+
+def test_unknown_fields_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"evaluation\.batchsize: unknown field"):
+        parse_recipe({**TINY_RECIPE, "evaluation": {"batchsize": 3}})
+    with pytest.raises(ConfigError, match=r"^recipe: modle: unknown field"):
+        parse_recipe({"name": "x", "modle": {"name": "mini"}})
+    with pytest.raises(ConfigError, match=r"stages\.0\.method: unknown attack 'badnett'"):
+        parse_recipe({"name": "x", "stages": [{"kind": "attack", "method": "badnett"}]})
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  nmae: cifar10\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: data\.nmae: unknown field"):
+        load_recipe(path)
+    assert main(["run", str(path)]) == 2
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        load_recipe(path)
+
+
+def test_console_script_help_lists_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "clip_backdoor", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for command in ("run", "eval", "list"):
+        assert f"    {command} " in result.stdout
+
+
+@pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets not present")
+def test_eval_on_cifar10_writes_a_run_folder(tmp_path, capsys):
+    code = main(
+        [
+            "eval",
+            "--model",
+            "mini-tiny",
+            "--data",
+            str(SHARED_DATASETS / "cifar10"),
+            "--split",
+            "test",
+            "--templates",
+            "photo",
+            "--runs-root",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    (run,) = tmp_path.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
+    assert metrics["n"] == 2000 and 0.0 < metrics["ca"] < 0.3  # random init: near chance (0.1)
+    assert "| mini-tiny | cifar10 | test | 10 | 2000 |" in capsys.readouterr().out
