@@ -80,8 +80,8 @@ def test_caption_set(tmp_path, image_folder):
         load_captions(str(tmp_path), "val")
 
 
-def _cli_error(capsys, *argv: str) -> str:
-    code = main(["eval", "--model", "mini-tiny", "--runs-root", "unused-runs", *argv])
+def _cli_error(capsys, runs, *argv: str) -> str:
+    code = main(["eval", "--model", "mini-tiny", "--runs-root", str(runs), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
@@ -89,24 +89,24 @@ def _cli_error(capsys, *argv: str) -> str:
 
 
 def test_bad_input_gives_one_line_errors(image_folder, tmp_path, capsys):
-    missing = tmp_path / "nowhere"
-    assert "not found" in _cli_error(capsys, "--data", str(missing))
+    missing, runs = tmp_path / "nowhere", tmp_path / "runs"
+    assert "not found" in _cli_error(capsys, runs, "--data", str(missing))
     assert "unknown split 'val' for toyset (available: test, train)" in _cli_error(
-        capsys, "--data", str(image_folder), "--split", "val"
+        capsys, runs, "--data", str(image_folder), "--split", "val"
     )
     assert "class 'zebra' is not in toyset" in _cli_error(
-        capsys, "--data", str(image_folder), "--trigger", "identity", "--target", "zebra"
+        capsys, runs, "--data", str(image_folder), "--trigger", "identity", "--target", "zebra"
     )
     corrupt = image_folder / "test" / "001_dog" / "img_2.jpg"
     corrupt.write_bytes(b"not a jpeg at all")
     assert f"corrupt or unreadable image file: {corrupt}" in _cli_error(
-        capsys, "--data", str(image_folder), "--no-cache"
+        capsys, runs, "--data", str(image_folder), "--no-cache"
     )
     corrupt.unlink()
     for image in (image_folder / "test" / "002_car_side").iterdir():
         image.unlink()
-    assert "002_car_side" in _cli_error(capsys, "--data", str(image_folder))
-    assert not (tmp_path / "unused-runs").exists()
+    assert "002_car_side" in _cli_error(capsys, runs, "--data", str(image_folder))
+    assert not runs.exists() or not any(runs.iterdir())  # no half-written run folder
 
 
 @pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets not present")

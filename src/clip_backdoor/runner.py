@@ -8,6 +8,7 @@ model, set the trigger and target, and write artifacts into the run folder.
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.data import load_classification
+from clip_backdoor.errors import UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
 from clip_backdoor.models import PixelCLIP, load_clip
 from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
@@ -118,8 +120,12 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         table = _evaluation_table(run, recipe, ctx, metrics, precision, len(templates))
         run.write_metrics(ctx.metrics)
         run.log("metrics " + str(metrics))
+    except UserError:
+        run.close()
+        shutil.rmtree(run.path)  # bad input found mid-run: leave nothing half-written
+        raise
     except BaseException as e:
-        run.log(f"failed: {type(e).__name__}: {e}")
+        run.log(f"failed: {type(e).__name__}: {e}")  # a bug or an interrupt: keep the log
         raise
     finally:
         run.close()
