@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	test -f cache/demo-tiny/open_clip_config.json || \
+		$(BIN)/clip-backdoor pretrain recipes/demo_pretrain.yaml
 	$(BIN)/clip-backdoor run recipes/demo.yaml
 
 test: $(STAMP)
@@ -20,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/zeroshot_throughput.py
+	$(BIN)/python benchmarks/pretrain_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -28,4 +31,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs cache .pytest_cache

@@ -189,3 +189,19 @@ def test_unknown_tags_and_names_are_clear_errors():
         load_clip("no-such-model")
     with pytest.raises(ModelLoadError, match="checkpoint not found"):
         load_clip(os.path.join("missing", "weights.pt"))
+
+
+def test_pretrained_mini_is_looked_up_in_order(tmp_path, monkeypatch):
+    from clip_backdoor.models import loading
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", str(tmp_path / "cache"))
+    places = loading.pretrained_mini_locations()
+    assert places[0] == tmp_path / "models" / "mini-clip"
+    assert places[-1] == tmp_path / "cache" / "models" / "mini-clip"
+    monkeypatch.setattr(loading, "pretrained_mini_locations", lambda: [places[0], places[-1]])
+    with pytest.raises(ModelLoadError, match="pretrain recipes/mini_clip_pretrain.yaml"):
+        load_clip("mini-clip")
+    model = load_clip("mini-tiny").model
+    save_clip(model, places[-1])
+    assert_same_weights(load_clip("mini-clip").model.clip, model.clip)

@@ -61,6 +61,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from clip_backdoor.engine.config import load_pretrain_recipe
+    from clip_backdoor.engine.pretrain import pretrain
+
+    if (args.recipe is None) == (args.resume is None):
+        raise UserError("give a recipe, or --resume RUN_DIR (not both)")
+    recipe = load_pretrain_recipe(args.recipe) if args.recipe else None
+    if recipe is not None and args.runs_root:
+        recipe.runs_root = args.runs_root
+    result = pretrain(recipe, resume=args.resume, progress=sys.stderr.isatty())
+    if result is not None:  # the main process reports
+        print(result.table)
+        print(f"run folder: {result.path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import clip_backdoor.triggers  # noqa: F401  (registers the built-in triggers)
     from clip_backdoor.models import MINI_CONFIGS
@@ -103,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--runs-root", default="runs", help="parent folder of run folders")
     ev.add_argument("--name", default="eval", help="run name (folder suffix)")
     ev.set_defaults(func=cmd_eval)
+
+    pre = commands.add_parser(
+        "pretrain", help="contrastive (pre)training of a CLIP on image-caption pairs"
+    )
+    pre.add_argument("recipe", nargs="?", help="pretraining recipe YAML (see recipes/)")
+    pre.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    pre.add_argument("--runs-root", help="parent folder of the run folder (default: recipe's)")
+    pre.set_defaults(func=cmd_pretrain)
 
     lst = commands.add_parser("list", help="list mini models and registered methods")
     lst.set_defaults(func=cmd_list)

@@ -52,7 +52,7 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         for sub in ("tables", "figures", "artifacts"):
-            (path / sub).mkdir()
+            (path / sub).mkdir(exist_ok=True)
         self.logger = logging.getLogger(f"clip_backdoor.run.{path.name}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
@@ -73,6 +73,11 @@ class RunDir:
                 continue
             return cls(path)
         raise RuntimeError(f"no free run folder name under {root} for {stem}")
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run folder, to continue (resume) it; its log is appended to."""
+        return cls(Path(path))
 
     def log(self, message: str) -> None:
         self.logger.info(message)

@@ -1,4 +1,4 @@
-"""Image-caption sets from CSV files with an ``image,caption`` header (paths relative to the CSV)."""
+"""Image-caption sets from CSV files with an ``image,caption`` header (paths relative to it)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ class ClassificationSet(ImageFolder):
         splits = available_splits(root)
         if split not in splits:
             raise DatasetError(
-                f"unknown split '{split}' for {root.name} (available: {', '.join(splits) or 'none'})"
+                f"unknown split '{split}' for {root.name} "
+                f"(available: {', '.join(splits) or 'none'})"
             )
         self.classnames: list[str] = json.loads(names_file.read_text())
         self.name = root.name

@@ -1,6 +1,12 @@
 """CLIP models in pixel space: loading, saving and the small "mini" family."""
 
-from clip_backdoor.models.loading import LoadedCLIP, load_clip, save_clip, tokenizer_for
+from clip_backdoor.models.loading import (
+    LoadedCLIP,
+    find_pretrained_mini,
+    load_clip,
+    save_clip,
+    tokenizer_for,
+)
 from clip_backdoor.models.mini_configs import MINI_CONFIGS
 from clip_backdoor.models.pixel_clip import PixelCLIP, pixel_transform
 
@@ -8,6 +14,7 @@ __all__ = [
     "MINI_CONFIGS",
     "LoadedCLIP",
     "PixelCLIP",
+    "find_pretrained_mini",
     "load_clip",
     "pixel_transform",
     "save_clip",

@@ -4,7 +4,9 @@ Sources, tried in this order:
 1. a directory in open_clip's layout (``open_clip_config.json`` + weights);
 2. a weights file (``.safetensors``, ``.pt``/``.bin``/``.pth`` state dict, OpenAI TorchScript
    archive), with the architecture given by ``arch`` or inferred from the tensor shapes;
-3. a mini config name ("mini", "mini-tiny"), randomly initialised unless ``pretrained`` is a file;
+3. "mini-clip": the project's pretrained mini-CLIP (``models/mini-clip`` in the checkout, then
+   ``../shared/models/mini-clip``, then the user cache); or a mini config name ("mini",
+   "mini-tiny"), randomly initialised unless ``pretrained`` is a file;
 4. an open_clip architecture name, with ``pretrained`` a tag (downloads) or a file.
 """
 
@@ -30,6 +32,10 @@ from clip_backdoor.models.mini_configs import is_mini, mini_config
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.models.safe_checkpoint import read_state_dict
 
+PRETRAINED_MINI = (
+    "mini-clip"  # the project's pretrained mini-CLIP (recipes/mini_clip_pretrain.yaml)
+)
+_CHECKOUT = Path(__file__).resolve().parents[3]
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -52,6 +58,8 @@ def load_clip(
 ) -> LoadedCLIP:
     """Load a CLIP as a pixel-space model plus its preprocess and tokenizer (see module doc)."""
     source = str(source)
+    if source == PRETRAINED_MINI:
+        source = str(find_pretrained_mini())
     path = Path(source).expanduser()
     if path.is_dir():
         model = _from_directory(path)
@@ -69,6 +77,28 @@ def load_clip(
         )
     model = model.to(device).eval()
     return LoadedCLIP(model, model.pixel_transform(), tokenizer_for(model.model_cfg))
+
+
+def pretrained_mini_locations() -> list[Path]:
+    """Where ``load_clip("mini-clip")`` looks, in order."""
+    cache = Path(os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor")
+    return [
+        Path.cwd() / "models" / PRETRAINED_MINI,
+        _CHECKOUT / "models" / PRETRAINED_MINI,
+        _CHECKOUT.parent / "shared" / "models" / PRETRAINED_MINI,
+        cache / "models" / PRETRAINED_MINI,
+    ]
+
+
+def find_pretrained_mini() -> Path:
+    for folder in pretrained_mini_locations():
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    places = ", ".join(str(p) for p in pretrained_mini_locations())
+    raise ModelLoadError(
+        f"the pretrained mini-CLIP is not in {places}; make it with "
+        "`clip-backdoor pretrain recipes/mini_clip_pretrain.yaml`"
+    )
 
 
 def tokenizer_for(model_cfg: dict):

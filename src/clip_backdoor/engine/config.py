@@ -1,0 +1,87 @@
+"""Typed pretraining / fine-tuning recipes (``clip-backdoor pretrain RECIPE``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.recipes import ModelSpec, Strict, describe_validation_error
+
+
+class SourceSpec(Strict):
+    name: str = Field(description="classification set (captions from templates) or caption set")
+    split: str = "train"
+    templates: str | list[str] = "openai"
+    size: int | None = Field(None, gt=0, description="number of images (synthetic set only)")
+
+
+class EvalSetSpec(Strict):
+    name: str
+    split: str = "test"
+    size: int | None = Field(None, gt=0, description="number of images (synthetic set only)")
+
+
+class TrainingSpec(Strict):
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give epochs)")
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(256, gt=0, description="global batch per optimizer step")
+    accum_steps: int = Field(1, gt=0, description="micro-batches per step (less memory)")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = 1.0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    freeze: list[Literal["image", "text"]] = Field(default_factory=list)
+    label_aware: bool = True
+    augment: bool = True
+    checkpoint_every: int = Field(200, gt=0)
+    log_every: int = Field(20, gt=0)
+    num_workers: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingSpec:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'steps' and 'epochs'")
+        if self.batch_size % self.accum_steps:
+            raise ValueError("batch_size must be divisible by accum_steps")
+        return self
+
+
+class PretrainRecipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    device: str = "cpu"
+    runs_root: str = "runs"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: list[SourceSpec] = Field(min_length=1)
+    training: TrainingSpec
+    evaluation: list[EvalSetSpec] = Field(default_factory=list)
+    eval_templates: str | list[str] = "openai"
+    export_dtype: Literal["fp16", "fp32"] = "fp32"
+    export_to: str | None = Field(None, description="also save the final model in this folder")
+
+
+def parse_pretrain_recipe(data: dict, source: str = "recipe") -> PretrainRecipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
+    try:
+        return PretrainRecipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e, source)) from None
+
+
+def load_pretrain_recipe(path: str | Path) -> PretrainRecipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_pretrain_recipe(data, str(path))
