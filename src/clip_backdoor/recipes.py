@@ -7,7 +7,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +18,9 @@ from clip_backdoor.registry import REGISTRIES
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+M = TypeVar("M", bound=Strict)
 
 
 class ModelSpec(Strict):
@@ -59,12 +62,17 @@ class StageSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Recipe(Strict):
+class RunSpec(Strict):
+    """Fields every recipe kind has: what to call the run, where, with which model and seed."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: str = "cpu"
     runs_root: str = "runs"
     model: ModelSpec = Field(default_factory=ModelSpec)
+
+
+class Recipe(RunSpec):
     data: DataSpec = Field(default_factory=DataSpec)
     stages: list[StageSpec] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -84,12 +92,7 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
 
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, source)) from None
+    recipe = validate(Recipe, data, source)
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
         if stage.method not in registry:
@@ -107,7 +110,8 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def read_yaml(path: str | Path) -> dict:
+    """A recipe file's mapping, or a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
@@ -115,4 +119,20 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_recipe(data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of fields")
+    return data
+
+
+def validate(model: type[M], data: dict, source: str) -> M:
+    """Typed config from a mapping; errors name each field's dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e, source)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    return parse_recipe(read_yaml(path), str(path))

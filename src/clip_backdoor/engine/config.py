@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import ModelSpec, Strict, describe_validation_error
+from clip_backdoor.recipes import RunSpec, Strict, read_yaml, validate
 
 
 class SourceSpec(Strict):
@@ -53,12 +51,7 @@ class TrainingSpec(Strict):
         return self
 
 
-class PretrainRecipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    device: str = "cpu"
-    runs_root: str = "runs"
-    model: ModelSpec = Field(default_factory=ModelSpec)
+class PretrainRecipe(RunSpec):
     data: list[SourceSpec] = Field(min_length=1)
     training: TrainingSpec
     evaluation: list[EvalSetSpec] = Field(default_factory=list)
@@ -68,20 +61,8 @@ class PretrainRecipe(Strict):
 
 
 def parse_pretrain_recipe(data: dict, source: str = "recipe") -> PretrainRecipe:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
-    try:
-        return PretrainRecipe.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, source)) from None
+    return validate(PretrainRecipe, data, source)
 
 
 def load_pretrain_recipe(path: str | Path) -> PretrainRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_pretrain_recipe(data, str(path))
+    return parse_pretrain_recipe(read_yaml(path), str(path))
