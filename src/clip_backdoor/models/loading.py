@@ -257,6 +257,9 @@ def save_clip(
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; a saved model is for sharing
+        for item in staging.iterdir():
+            item.chmod(0o644)
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
