@@ -142,3 +142,12 @@ def test_templates_and_harmonic_mean():
         resolve_templates("no placeholder")
     assert harmonic_mean(0.8, 0.4) == pytest.approx(2 * 0.32 / 1.2)
     assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_ca_is_top1_even_when_topk_omits_one(tiny):
+    model, _, tokenizer = tiny
+    data = distinct_images(8)
+    features, _ = encode_images(model, data, precision="fp32")
+    shuffled = features[torch.tensor([1, 0, 2, 3, 4, 5, 6, 7])]
+    result = evaluate_zeroshot(model, tokenizer, data, classifier=shuffled, topk=(2,))
+    assert result["ca"] == 0.75 and result["top2"] == 1.0

@@ -151,11 +151,9 @@ def _evaluation_table(
     if "asr" in metrics:
         headers += ["ASR %", "asr_all %"]
         row += [100 * metrics["asr"], 100 * metrics["asr_all"]]
-    markdown = run.write_table("zeroshot", headers, [row])
     note = (
-        f"\nZero-shot, {n_templates} template(s), seed {recipe.seed}, {precision}. "
+        f"Zero-shot, {n_templates} template(s), seed {recipe.seed}, {precision}. "
         "ASR: triggered test images whose true class is not the target, predicted as the target; "
         "asr_all: the same over all test images."
     )
-    (run.path / "tables" / "zeroshot.md").write_text(markdown + "\n" + note + "\n")
-    return markdown + "\n" + note
+    return run.write_table("zeroshot", headers, [row], note)

@@ -90,9 +90,11 @@ class RunDir:
         text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
         (self.path / "metrics.json").write_text(text + "\n")
 
-    def write_table(self, name: str, headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-        """Writes tables/<name>.md and .csv; returns the markdown."""
-        markdown = markdown_table(headers, rows)
+    def write_table(
+        self, name: str, headers: Sequence[str], rows: Sequence[Sequence], note: str = ""
+    ) -> str:
+        """Writes tables/<name>.md (with the note under it) and .csv; returns the markdown."""
+        markdown = markdown_table(headers, rows) + (f"\n\n{note}" if note else "")
         (self.path / "tables" / f"{name}.md").write_text(markdown + "\n")
         with (self.path / "tables" / f"{name}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)

@@ -117,15 +117,13 @@ def pretrain(
             ]
         )
         log(f"zero-shot {data_set.name}/{data_set.split}: CA {scores['ca']:.4f}")
-    table = run.write_table(
-        "zeroshot_heldout", ["data", "split", "classes", "images", "CA %", "top-5 %"], rows
-    )
-    note = f"\nZero-shot, {len(templates)} template(s) averaged, seed {recipe.seed}."
-    (path / "tables" / "zeroshot_heldout.md").write_text(table + "\n" + note + "\n")
+    note = f"Zero-shot, {len(templates)} template(s) averaged, seed {recipe.seed}."
+    headers = ["data", "split", "classes", "images", "CA %", "top-5 %"]
+    table = run.write_table("zeroshot_heldout", headers, rows, note)
     run.write_metrics(metrics)
     _plot_loss(result.history, path / "figures" / "loss.png", recipe)
     run.close()
-    return PretrainResult(path, metrics, table + "\n" + note)
+    return PretrainResult(path, metrics, table)
 
 
 def _plot_loss(history: list[list[float]], path: Path, recipe: PretrainRecipe) -> None:

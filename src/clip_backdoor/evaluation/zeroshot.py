@@ -92,8 +92,8 @@ def evaluate_zeroshot(
         )
     options = {"batch_size": batch_size, "precision": precision, "progress": progress}
     features, labels = cached_features(model, dataset, None, cache, **options)
-    accuracy = topk_accuracy(classify(features, classifier), labels, topk)
-    result = {"ca": accuracy[1] if 1 in accuracy else accuracy[min(accuracy)], "n": len(labels)}
+    accuracy = topk_accuracy(classify(features, classifier), labels, sorted({1, *topk}))
+    result = {"ca": accuracy[1], "n": len(labels)}
     result.update({f"top{k}": v for k, v in accuracy.items() if k != 1})
     if trigger is not None:
         triggered, labels = cached_features(model, dataset, trigger, cache, **options)

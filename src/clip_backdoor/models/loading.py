@@ -67,7 +67,7 @@ def load_clip(
         model = _from_file(path, arch, quick_gelu)
     elif is_mini(source):
         cfg = mini_config(source)
-        model = _with_weights(_build(cfg, source), pretrained, quick_gelu)
+        model = _with_weights(_build(cfg, source), pretrained)
     elif source.replace("/", "-") in open_clip.list_models():
         model = _from_open_clip(source.replace("/", "-"), pretrained, quick_gelu, cache_dir)
     else:
@@ -201,7 +201,7 @@ def _open_clip_config(name: str) -> dict:
     return cfg
 
 
-def _with_weights(model: PixelCLIP, pretrained, quick_gelu: bool | None) -> PixelCLIP:
+def _with_weights(model: PixelCLIP, pretrained) -> PixelCLIP:
     if pretrained is None:
         return model
     if not Path(pretrained).is_file():
@@ -216,7 +216,7 @@ def _from_open_clip(name: str, pretrained, quick_gelu: bool | None, cache_dir) -
     if quick_gelu is not None:
         cfg["quick_gelu"] = quick_gelu
     if pretrained is None or Path(str(pretrained)).is_file():
-        return _with_weights(_build(cfg, name), pretrained, quick_gelu)
+        return _with_weights(_build(cfg, name), pretrained)
     tag = str(pretrained)
     tag_cfg = get_pretrained_cfg(name, tag)
     if not tag_cfg:
