@@ -151,3 +151,17 @@ def test_ca_is_top1_even_when_topk_omits_one(tiny):
     shuffled = features[torch.tensor([1, 0, 2, 3, 4, 5, 6, 7])]
     result = evaluate_zeroshot(model, tokenizer, data, classifier=shuffled, topk=(8,))
     assert result["ca"] == 0.75 and result["top8"] == 1.0  # top-8 of 8 classes is certain
+
+
+def test_model_fingerprint_follows_weight_changes():
+    from clip_backdoor.evaluation.features import model_fingerprint
+
+    model = load_clip("mini-tiny").model
+    first = model_fingerprint(model)
+    assert model_fingerprint(model) == first
+    with torch.no_grad():
+        model.clip.ln_final.weight.add_(1.0)  # in place
+    second = model_fingerprint(model)
+    assert second != first
+    model.clip.ln_final.weight = torch.nn.Parameter(torch.zeros_like(model.clip.ln_final.weight))
+    assert model_fingerprint(model) not in (first, second)  # replaced

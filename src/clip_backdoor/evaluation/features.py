@@ -30,9 +30,21 @@ def default_cache_dir() -> Path:
 
 
 def model_fingerprint(model: PixelCLIP) -> str:
+    """Hash of the weights, memoised until a tensor is replaced or modified in place."""
+    state = model.clip.state_dict()
+    versions = tuple((v.data_ptr(), v._version) for v in state.values())  # replaced or modified
+    memo = getattr(model, "_fingerprint_memo", None)
+    if memo is not None and memo[0] == versions:
+        return memo[1]
+    digest = _hash_weights(model, state)
+    model._fingerprint_memo = (versions, digest)
+    return digest
+
+
+def _hash_weights(model: PixelCLIP, state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.blake2b(digest_size=20)
     digest.update(repr(sorted(model.preprocess_cfg.items())).encode())
-    for key, value in model.clip.state_dict().items():
+    for key, value in state.items():
         digest.update(key.encode())
         digest.update(
             value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
