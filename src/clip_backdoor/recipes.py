@@ -47,6 +47,8 @@ class MethodSpec(Strict):
 
 
 class EvaluationSpec(Strict):
+    clean: bool = Field(True, description="also evaluate the model before the first stage")
+    quality: bool = Field(True, description="PSNR/SSIM of the trigger on the evaluation set")
     templates: str | list[str] = "openai"
     trigger: MethodSpec | None = None
     target: str | int | None = Field(None, description="target class name or label (for ASR)")
@@ -59,6 +61,8 @@ class EvaluationSpec(Strict):
 class StageSpec(Strict):
     kind: Literal["attack", "defense", "detection"]
     method: str
+    label: str | None = Field(None, description="row name in the tables (default: method)")
+    evaluate: bool = Field(True, description="evaluate the model after this stage")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -73,7 +77,9 @@ class RunSpec(Strict):
 
 
 class Recipe(RunSpec):
-    data: DataSpec = Field(default_factory=DataSpec)
+    data: list[DataSpec] = Field(
+        default_factory=lambda: [DataSpec()], min_length=1, description="evaluation set(s)"
+    )
     stages: list[StageSpec] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
@@ -81,18 +87,29 @@ class Recipe(RunSpec):
 STAGE_REGISTRY = {"attack": "attack", "defense": "defense", "detection": "detector"}
 
 
-def describe_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem, each naming the field's dotted path."""
+def describe_validation_error(
+    error: ValidationError, source: str, single: tuple[str, ...] = ()
+) -> str:
+    """One line per problem, each naming the field's dotted path.
+
+    ``single`` names list fields the user wrote as one mapping: their "0" index is dropped.
+    """
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = list(item["loc"])
+        if len(loc) > 1 and loc[0] in single and loc[1] == 0:
+            del loc[1]
+        where = ".".join(str(part) for part in loc) or "(top level)"
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         problems.append(f"{where}: {message}")
     return f"{source}: " + "; ".join(problems)
 
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
-    recipe = validate(Recipe, data, source)
+    single: tuple[str, ...] = ()
+    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+        data, single = {**data, "data": [data["data"]]}, ("data",)  # one set: a list of one
+    recipe = validate(Recipe, data, source, single)
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
         if stage.method not in registry:
@@ -124,14 +141,14 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def validate(model: type[M], data: dict, source: str) -> M:
+def validate(model: type[M], data: dict, source: str, single: tuple[str, ...] = ()) -> M:
     """Typed config from a mapping; errors name each field's dotted path."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of fields")
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, source)) from None
+        raise ConfigError(describe_validation_error(e, source, single)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

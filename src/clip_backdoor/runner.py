@@ -2,11 +2,14 @@
 
 A stage is a class registered under its kind (``ATTACKS``, ``DEFENSES``, ``DETECTORS``), built
 with the recipe's ``params`` and called as ``stage.run(context) -> metrics``. It may replace the
-model, set the trigger and target, and write artifacts into the run folder.
+model, set the trigger and target, and write artifacts into the run folder. The model is
+evaluated at every point the recipe names (the clean model, then after each stage) on every
+evaluation set, and one table gets a row per point and set.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -17,15 +20,23 @@ import numpy as np
 import torch
 
 from clip_backdoor import precision as precision_mod
+from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
-from clip_backdoor.errors import UserError
+from clip_backdoor.errors import DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
+from clip_backdoor.evaluation.image_quality import image_quality
+from clip_backdoor.evaluation.zeroshot import text_classifier
 from clip_backdoor.models import PixelCLIP, load_clip
 from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
 from clip_backdoor.registry import REGISTRIES
 from clip_backdoor.runs import RunDir
 from clip_backdoor.triggers import Trigger
 from clip_backdoor.triggers import get as get_trigger
+
+ASR_NOTE = (
+    "ASR: triggered test images whose true class is not the target, predicted as the target; "
+    "asr_all: the same over all test images."
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -34,17 +45,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def register_methods() -> None:
+    """Import the packages whose modules register triggers, attacks and defenses."""
+    import clip_backdoor.attacks  # noqa: F401
+    import clip_backdoor.defenses  # noqa: F401
+    import clip_backdoor.triggers  # noqa: F401
+
+
 @dataclass
 class RunContext:
     recipe: Recipe
     run: RunDir
     model: PixelCLIP
     tokenizer: Any
-    test_set: Any
+    test_sets: list
     trigger: Trigger | None = None
-    target: int | None = None
+    target_name: str | None = None
     cache: FeatureCache | None = None
     metrics: dict = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def test_set(self):
+        return self.test_sets[0]
+
+    @property
+    def target(self) -> int | None:
+        """The target's label in the first evaluation set."""
+        return target_index(self.target_name, self.test_set)
+
+    def log(self, message: str) -> None:
+        self.run.log(message)
+
+    def require_target(self, name: str) -> None:
+        """A target must be a class of at least one evaluation set, or ASR means nothing."""
+        _check_target(name, self.test_sets)
+
+    def adopt_artifact(self, folder: Path, reused: bool) -> dict:
+        """Make a backdoor artifact the current model, trigger and target; link it in."""
+        backdoor = load_backdoor(folder, device=self.recipe.device)
+        self.model, self.trigger, self.target_name = (
+            backdoor.model,
+            backdoor.trigger,
+            backdoor.target,
+        )
+        link_into(folder, self.run.path / "artifacts" / "backdoor")
+        backdoor.trigger.render(self.run.path / "figures" / f"trigger_{backdoor.trigger.name}.png")
+        info = {k: v for k, v in backdoor.info.items() if k != "config"}
+        return {**info, "artifact": str(folder), "reused": reused}
 
 
 @dataclass
@@ -54,30 +102,67 @@ class RunResult:
     table: str
 
 
-def _resolve_target(target: str | int | None, dataset) -> int | None:
-    if target is None or isinstance(target, int):
-        return target
-    return dataset.class_index(target)
+def target_index(name: str | int | None, dataset) -> int | None:
+    """The label of a target name in a data set, or None when the set lacks it."""
+    if name is None:
+        return None
+    if isinstance(name, int):
+        return name
+    try:
+        return dataset.class_index(name)
+    except DatasetError:
+        return None
+
+
+def _load_model(recipe: Recipe):
+    """(model, tokenizer, trigger, target) of the recipe's model; artifacts bring their own."""
+    spec = recipe.model
+    if is_artifact(spec.name):
+        backdoor = load_backdoor(spec.name, device=recipe.device)
+        return backdoor.model, backdoor.tokenizer, backdoor.trigger, backdoor.target
+    model, _, tokenizer = load_clip(
+        spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
+    )
+    return model, tokenizer, None, None
 
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     """Execute a validated recipe; inputs are checked before the run folder is made."""
+    register_methods()
     seed_everything(recipe.seed)
-    spec, ev = recipe.model, recipe.evaluation
-    model, preprocess, tokenizer = load_clip(
-        spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
-    )
-    test_set = load_classification(
-        recipe.data.name,
-        recipe.data.split,
-        preprocess,
-        image_size=model.image_size,
-        seed=recipe.seed,
-        size=recipe.data.size,
-    )
+    ev = recipe.evaluation
+    model, tokenizer, trigger, target = _load_model(recipe)
+    test_sets = [
+        load_classification(
+            d.name,
+            d.split,
+            model.pixel_transform(),
+            image_size=model.image_size,
+            seed=recipe.seed,
+            size=d.size,
+        )
+        for d in recipe.data
+    ]
     templates = resolve_templates(ev.templates)
-    trigger = get_trigger(ev.trigger.name)(**ev.trigger.params) if ev.trigger else None
-    target = _resolve_target(ev.target, test_set)
+    if ev.trigger:
+        trigger = get_trigger(ev.trigger.name)(**ev.trigger.params)
+    if ev.target is not None:
+        target = ev.target
+    if isinstance(target, int):
+        target = (
+            test_sets[0].classnames[target]
+            if 0 <= target < len(test_sets[0].classnames)
+            else target
+        )
+    stages = [
+        REGISTRIES[STAGE_REGISTRY[s.kind]].get(s.method)(**s.params) for s in recipe.stages
+    ]  # validates every stage's params before anything runs
+    for stage in stages:
+        name = getattr(getattr(stage, "spec", None), "target", None)
+        if name is not None:
+            _check_target(name.replace("_", " "), test_sets)
+    if target is not None and trigger is not None:
+        _check_target(target, test_sets)
     precision = precision_mod.resolve(ev.precision, recipe.device)
 
     run = RunDir.create(recipe.runs_root, recipe.name)
@@ -85,41 +170,40 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     resolved["resolved"] = {"precision": precision, "templates": templates, "target": target}
     run.write_config(resolved)
     run.log(f"model {model.name} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    run.log(f"data {test_set.name}/{test_set.split}: {len(test_set)} images")
+    for data in test_sets:
+        run.log(f"data {data.name}/{data.split}: {len(data)} images")
     ctx = RunContext(
         recipe,
         run,
         model,
         tokenizer,
-        test_set,
+        test_sets,
         trigger,
         target,
         FeatureCache() if ev.cache else None,
+        progress=progress,
     )
+    points: list[dict] = []
     try:
-        for stage_spec in recipe.stages:
-            stage = REGISTRIES[STAGE_REGISTRY[stage_spec.kind]].get(stage_spec.method)
-            run.log(f"stage {stage_spec.kind} {stage_spec.method} {stage_spec.params}")
-            ctx.metrics[f"{stage_spec.kind}.{stage_spec.method}"] = stage(**stage_spec.params).run(
-                ctx
+        if is_artifact(recipe.model.name):
+            link_into(Path(recipe.model.name), run.path / "artifacts" / "backdoor")
+        if ev.clean or not recipe.stages:
+            points += _evaluate_point(
+                ctx, "clean" if recipe.stages else "model", templates, precision
             )
-        metrics = evaluate_zeroshot(
-            ctx.model,
-            ctx.tokenizer,
-            ctx.test_set,
-            templates=templates,
-            trigger=ctx.trigger,
-            target=ctx.target,
-            topk=ev.topk,
-            batch_size=ev.batch_size,
-            precision=precision,
-            cache=ctx.cache,
-            progress=progress,
-        )
-        ctx.metrics["evaluation"] = metrics
-        table = _evaluation_table(run, recipe, ctx, metrics, precision, len(templates))
+        for spec, stage in zip(recipe.stages, stages, strict=True):
+            label = spec.label or spec.method
+            run.log(f"stage {spec.kind} {spec.method} {spec.params}")
+            ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
+            if spec.evaluate or spec is recipe.stages[-1]:
+                points += _evaluate_point(ctx, label, templates, precision)
+        ctx.metrics["points"] = points
+        ctx.metrics["evaluation"] = points[-1]
+        if ctx.trigger is not None and not ctx.trigger.is_identity and ev.quality:
+            ctx.metrics["quality"] = image_quality(ctx.trigger, ctx.test_set, seed=recipe.seed)
+        table = _table(run, recipe, ctx, points, precision, len(templates))
         run.write_metrics(ctx.metrics)
-        run.log("metrics " + str(metrics))
+        run.log("metrics " + str(points[-1]))
     except UserError:
         run.close()
         shutil.rmtree(run.path)  # bad input found mid-run: leave nothing half-written
@@ -132,28 +216,89 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     return RunResult(run.path, ctx.metrics, table)
 
 
-def _evaluation_table(
-    run: RunDir, recipe: Recipe, ctx: RunContext, metrics: dict, precision: str, n_templates: int
-) -> str:
-    headers = ["model", "data", "split", "classes", "images", "CA %"]
-    row: list = [
-        ctx.model.name,
-        ctx.test_set.name,
-        ctx.test_set.split,
-        len(ctx.test_set.classnames),
-        metrics["n"],
-        100 * metrics["ca"],
-    ]
-    for k in recipe.evaluation.topk:
-        if k != 1:
-            headers.append(f"top-{k} %")
-            row.append(100 * metrics[f"top{k}"])
-    if "asr" in metrics:
+def _check_target(name: str, test_sets) -> None:
+    if len(test_sets) == 1 and isinstance(name, str):
+        test_sets[0].class_index(name)  # its own error names the set and suggests close names
+    if all(target_index(name, data) is None for data in test_sets):
+        sets = ", ".join(d.name for d in test_sets)
+        raise DatasetError(f"target class '{name}' is not a class of the evaluation data ({sets})")
+
+
+def _evaluate_point(ctx: RunContext, point: str, templates, precision: str) -> list[dict]:
+    """CA (and ASR where the set has the target) of the current model on every set."""
+    ev, rows = ctx.recipe.evaluation, []
+    for data in ctx.test_sets:
+        target = target_index(ctx.target_name, data) if ctx.trigger is not None else None
+        trigger = ctx.trigger if target is not None else None
+        options = dict(
+            templates=templates,
+            topk=ev.topk,
+            batch_size=ev.batch_size,
+            precision=precision,
+            cache=ctx.cache,
+            progress=ctx.progress,
+        )
+        metrics = evaluate_zeroshot(
+            ctx.model, ctx.tokenizer, data, trigger=trigger, target=target, **options
+        )
+        key = getattr(trigger, "text_key", None)
+        if key:  # dual key: ASR with the text key on every prompt; image key alone beside it
+            keyed = text_classifier(
+                ctx.model, ctx.tokenizer, data.classnames, [f"{key} {t}" for t in templates]
+            )
+            both = evaluate_zeroshot(
+                ctx.model,
+                ctx.tokenizer,
+                data,
+                trigger=trigger,
+                target=target,
+                classifier=keyed,
+                **options,
+            )
+            metrics["asr_image_key_only"] = metrics["asr"]
+            metrics.update(asr=both["asr"], asr_all=both["asr_all"])
+        row = {"point": point, "data": data.name, "split": data.split, **metrics}
+        ctx.log(f"evaluation {point} on {data.name}: {metrics}")
+        rows.append(row)
+    return rows
+
+
+def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_templates) -> str:
+    headers = ["point", "model", "data", "split", "classes", "images", "CA %"]
+    extra_k = [k for k in recipe.evaluation.topk if k != 1]
+    headers += [f"top-{k} %" for k in extra_k]
+    has_asr = any("asr" in p for p in points)
+    if has_asr:
         headers += ["ASR %", "asr_all %"]
-        row += [100 * metrics["asr"], 100 * metrics["asr_all"]]
-    note = (
-        f"Zero-shot, {n_templates} template(s), seed {recipe.seed}, {precision}. "
-        "ASR: triggered test images whose true class is not the target, predicted as the target; "
-        "asr_all: the same over all test images."
+    by_name = {d.name: d for d in ctx.test_sets}
+    rows = []
+    for p in points:
+        row: list = [
+            p["point"],
+            ctx.model.name,
+            p["data"],
+            p["split"],
+            len(by_name[p["data"]].classnames),
+            p["n"],
+            100 * p["ca"],
+        ]
+        row += [100 * p[f"top{k}"] for k in extra_k]
+        if has_asr:
+            row += [100 * p["asr"], 100 * p["asr_all"]] if "asr" in p else [math.nan, math.nan]
+        rows.append(row)
+    trigger = ctx.trigger
+    target = f", target '{ctx.target_name}'" if ctx.target_name is not None else ""
+    what = (
+        f"trigger {trigger.name}{target}. "
+        if trigger is not None and not trigger.is_identity
+        else ""
     )
-    return run.write_table("zeroshot", headers, [row], note)
+    key = getattr(trigger, "text_key", None)
+    dual = (
+        f" ASR uses the text key '{key}' on every class prompt (CA: plain prompts)." if key else ""
+    )
+    note = (
+        f"Zero-shot, {n_templates} template(s), seed {recipe.seed}, {precision}; {what}"
+        f"{ASR_NOTE}{dual}"
+    )
+    return run.write_table("zeroshot", headers, rows, note)

@@ -41,6 +41,7 @@ class TrainingSpec(Strict):
     checkpoint_every: int = Field(200, gt=0)
     log_every: int = Field(20, gt=0)
     num_workers: int = Field(2, ge=0)
+    in_memory: bool = Field(True, description="decode the training images once, keep them in RAM")
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from torchvision.transforms.functional import to_pil_image
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm import tqdm
 
 from clip_backdoor.data import (
     CaptionSet,
@@ -44,30 +45,61 @@ class PairSource:
 
 
 def train_transform(image_size: int, augment: bool):
-    """Pixel-space training transform: random resized crop and flip, no normalisation."""
+    """Pixel-space training transform on uint8 tensors: random resized crop and flip.
+
+    Works on decoded uint8 tensors (held in memory, see ``ImageTextPairs``) and returns floats in
+    [0, 1] at the model's resolution, without normalisation.
+    """
+    interpolation = transforms.InterpolationMode.BICUBIC
     if not augment:
-        return transforms.Compose(
-            [
-                transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC),
-                transforms.CenterCrop(image_size),
-                transforms.ToTensor(),
-            ]
-        )
-    return transforms.Compose(
-        [
+        steps = [
+            transforms.Resize(image_size, interpolation=interpolation, antialias=True),
+            transforms.CenterCrop(image_size),
+        ]
+    else:
+        steps = [
             transforms.RandomResizedCrop(
-                image_size,
-                scale=(0.6, 1.0),
-                interpolation=transforms.InterpolationMode.BICUBIC,
+                image_size, scale=(0.6, 1.0), interpolation=interpolation, antialias=True
             ),
             transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
         ]
-    )
+    return transforms.Compose([*steps, transforms.ConvertImageDtype(torch.float32)])
+
+
+def decode(ref: str | int, synthetic: SyntheticShapes | None) -> torch.Tensor:
+    """An image reference (file path or synthetic index) as a uint8 (3, h, w) tensor."""
+    if isinstance(ref, str):
+        return pil_to_tensor(load_rgb(ref))
+    assert synthetic is not None
+    return (synthetic[ref][0] * 255).round().to(torch.uint8)
+
+
+class _Decoder(Dataset):
+    def __init__(self, refs: list, synthetic: SyntheticShapes | None) -> None:
+        self.refs, self.synthetic = refs, synthetic
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return decode(self.refs[index], self.synthetic)
+
+
+@dataclass
+class Entry:
+    ref: str | int  # a file path, or an index into the synthetic set
+    captions: list[str]  # one is drawn per epoch
+    group: int  # label-aware target group
+    classname: str | None  # prompt spelling of the class (None for caption sets)
 
 
 class ImageTextPairs(Dataset):
-    """Items: (image in [0, 1], token ids, group id). Call ``set_epoch`` before each epoch."""
+    """Items: (image in [0, 1], token ids, group id). Call ``set_epoch`` before each epoch.
+
+    ``in_memory`` decodes every image once into uint8 tensors (about 280 MB for the shared train
+    splits) and augments from there: JPEG decoding otherwise competes with the model for the
+    cores on every epoch.
+    """
 
     def __init__(
         self,
@@ -76,11 +108,15 @@ class ImageTextPairs(Dataset):
         image_size: int,
         augment: bool = True,
         seed: int = 0,
+        in_memory: bool = True,
+        progress: bool = False,
+        fraction: float = 1.0,
     ) -> None:
         self.tokenizer, self.seed, self.epoch = tokenizer, seed, 0
+        self.image_size = image_size
         self.transform = train_transform(image_size, augment)
-        # (image reference, caption choices, group): a file path, or an index into a synthetic set
-        self.entries: list[tuple[str | int, list[str], int]] = []
+        self.plain = train_transform(image_size, augment=False)
+        self.entries: list[Entry] = []
         self.synthetic: SyntheticShapes | None = None
         self._groups: dict[str, int] = {}
         self.summary: list[tuple[str, str, int]] = []
@@ -98,8 +134,26 @@ class ImageTextPairs(Dataset):
                 else:
                     self._add_captions(load_captions(source.name, source.split))
             self.summary.append((name, source.split, len(self.entries) - before))
+        if fraction < 1:  # a seeded share of the pairs (e.g. the defender's clean data)
+            generator = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(len(self.entries), generator=generator)
+            keep = sorted(keep[: max(1, int(fraction * len(self.entries)))].tolist())
+            self.entries = [self.entries[i] for i in keep]
+            self.summary.append(("subset", f"{fraction:g}", len(self.entries)))
+        self.pixels: list[torch.Tensor] | None = None
+        if in_memory:
+            self.pixels = self._decode_all(progress)
 
-    def _group(self, key: str) -> int:
+    def _decode_all(self, progress: bool) -> list[torch.Tensor]:
+        decoder = _Decoder([e.ref for e in self.entries], self.synthetic)
+        workers = 2 if len(decoder) > 2000 else 0  # worker start-up outweighs small sets
+        loader = DataLoader(decoder, batch_size=64, num_workers=workers, collate_fn=list)
+        pixels: list[torch.Tensor] = []
+        for chunk in tqdm(loader, disable=not progress, desc="decode", total=len(loader)):
+            pixels.extend(chunk)
+        return pixels
+
+    def group_id(self, key: str) -> int:
         return self._groups.setdefault(key, len(self._groups))
 
     def _add_labelled(self, samples, classnames: list[str], templates) -> None:
@@ -107,7 +161,7 @@ class ImageTextPairs(Dataset):
         for ref, label in samples:
             name = prompt_name(classnames[label])
             captions = [t.format(name) for t in templates]
-            self.entries.append((ref, captions, self._group(f"class:{name}")))
+            self.entries.append(Entry(ref, captions, self.group_id(f"class:{name}"), name))
 
     def _add_synthetic(self, source: PairSource, image_size: int, seed: int) -> None:
         if self.synthetic is not None:
@@ -122,7 +176,7 @@ class ImageTextPairs(Dataset):
         for path, caption in captions.samples:
             by_image.setdefault(path, []).append(caption)
         for path, texts in by_image.items():
-            self.entries.append((path, texts, self._group(f"image:{path}")))
+            self.entries.append(Entry(path, texts, self.group_id(f"image:{path}"), None))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -130,16 +184,34 @@ class ImageTextPairs(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int):
-        ref, captions, group = self.entries[index]
-        item_seed = hash((self.seed, self.epoch, index)) & 0x7FFFFFFF
-        caption = captions[random.Random(item_seed).randrange(len(captions))]
-        if isinstance(ref, str):
-            pil = load_rgb(ref)
-        else:
-            assert self.synthetic is not None
-            pil = to_pil_image(self.synthetic[ref][0])
+    def classnames(self) -> list[str]:
+        """Every class name of the labelled sources, in first-seen order."""
+        return list(dict.fromkeys(e.classname for e in self.entries if e.classname))
+
+    def raw(self, index: int) -> torch.Tensor:
+        """The decoded uint8 image (3, h, w) at its stored size."""
+        if self.pixels is not None:
+            return self.pixels[index]
+        return decode(self.entries[index].ref, self.synthetic)
+
+    def plain_image(self, index: int) -> torch.Tensor:
+        """The image at model resolution without augmentation, as uint8 (for fitting, PPS)."""
+        return (self.plain(self.raw(index)) * 255).round().to(torch.uint8)
+
+    def item_seed(self, index: int) -> int:
+        """Seeds every draw of one item in one epoch: the same in any worker and after resume."""
+        return hash((self.seed, self.epoch, index)) & 0x7FFFFFFF
+
+    def augmented(self, index: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """The item's augmented view for this epoch (``pixels`` replaces the stored image)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            image = self.transform(pil)
-        return image, self.tokenizer([caption])[0], group
+            torch.manual_seed(self.item_seed(index))
+            return self.transform(self.raw(index) if pixels is None else pixels)
+
+    def pick_caption(self, index: int, captions: Sequence[str]) -> str:
+        return captions[random.Random(self.item_seed(index)).randrange(len(captions))]
+
+    def __getitem__(self, index: int):
+        entry = self.entries[index]
+        caption = self.pick_caption(index, entry.captions)
+        return self.augmented(index), self.tokenizer([caption])[0], entry.group

@@ -59,7 +59,13 @@ def pretrain(
     )
     sources = [PairSource(s.name, s.split, s.templates, s.size) for s in recipe.data]
     data = ImageTextPairs(
-        sources, tokenizer, model.image_size, recipe.training.augment, recipe.seed
+        sources,
+        tokenizer,
+        model.image_size,
+        recipe.training.augment,
+        recipe.seed,
+        in_memory=recipe.training.in_memory,
+        progress=progress,
     )
     eval_sets = [
         load_classification(

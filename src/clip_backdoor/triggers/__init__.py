@@ -1,7 +1,16 @@
 """Triggers act in pixel space; ``get(name)(**params)`` builds one from the registry."""
 
 from clip_backdoor.registry import TRIGGERS
-from clip_backdoor.triggers import identity  # noqa: F401  (registers)
+from clip_backdoor.triggers import (  # noqa: F401  (each module registers its triggers)
+    badnet,
+    blended,
+    dual_embedding,
+    identity,
+    label_consistent,
+    sig,
+    trojvqa,
+    wanet,
+)
 from clip_backdoor.triggers.base import Trigger
 
 get = TRIGGERS.get

@@ -1,0 +1,56 @@
+"""Typed parameters of the training stages (attacks and defenses that fine-tune CLIP)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from clip_backdoor.engine.config import SourceSpec, TrainingSpec
+from clip_backdoor.recipes import Strict
+
+# The pretraining mix of mini-CLIP (recipes/mini_clip_pretrain.yaml): 19,021 pairs.
+PRETRAINING_MIX = [
+    {"name": "cifar10"},
+    {"name": "caltech101"},
+    {"name": "flowers102"},
+    {"name": "coco_mini"},
+]
+
+
+class TriggerSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoisonSpec(Strict):
+    trigger: TriggerSpec
+    target: str = Field(description="target class name, e.g. 'accordion'")
+    count: int | None = Field(None, gt=0, description="number of poisoned pairs")
+    ratio: float | None = Field(None, gt=0, le=1, description="or: fraction of the pairs")
+    selection: Literal["random", "pps"] = "random"
+    data: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
+    )
+    caption_templates: str | list[str] = Field(
+        "openai", description="templates of the poisoned captions (one drawn per pair)"
+    )
+    training: TrainingSpec
+    cache: bool = Field(True, description="reuse the artifact of an identical earlier run")
+
+    @model_validator(mode="after")
+    def _amount(self) -> PoisonSpec:
+        if (self.count is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'count' and 'ratio'")
+        return self
+
+
+class FineTuneSpec(Strict):
+    """Clean contrastive fine-tuning (the FT defense)."""
+
+    data: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
+    )
+    fraction: float = Field(0.2, gt=0, le=1, description="seeded share of the clean pairs used")
+    training: TrainingSpec
+    cache: bool = True

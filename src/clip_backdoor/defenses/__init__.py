@@ -1,0 +1,3 @@
+"""Defenses: registered in ``DEFENSES``; each takes the run context's model and repairs it."""
+
+from clip_backdoor.defenses import ft  # noqa: F401  (registers)

@@ -1,0 +1,68 @@
+"""FT: clean contrastive fine-tuning of a (possibly backdoored) CLIP (METHODS.md 4.1).
+
+The defender holds a share of clean image-caption pairs and fine-tunes with the engine's
+multimodal InfoNCE only. The trigger and target stay as they were, so the evaluation after it
+measures how much of the backdoor survives.
+"""
+
+from __future__ import annotations
+
+from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
+from clip_backdoor.attacks.specs import FineTuneSpec
+from clip_backdoor.engine.checkpoint import CHECKPOINT
+from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
+from clip_backdoor.engine.trainer import train
+from clip_backdoor.evaluation.features import model_fingerprint
+from clip_backdoor.models import load_clip, save_clip
+from clip_backdoor.recipes import validate
+from clip_backdoor.registry import DEFENSES
+
+
+def clean_pairs(spec: FineTuneSpec, model, tokenizer, seed: int, progress: bool) -> ImageTextPairs:
+    sources = [PairSource(s.name, s.split, s.templates, s.size) for s in spec.data]
+    return ImageTextPairs(
+        sources,
+        tokenizer,
+        model.image_size,
+        spec.training.augment,
+        seed,
+        in_memory=spec.training.in_memory,
+        progress=progress,
+        fraction=spec.fraction,
+    )
+
+
+@DEFENSES.register("ft")
+class FineTune:
+    def __init__(self, **params) -> None:
+        self.spec = validate(FineTuneSpec, params, "defense ft")
+
+    def run(self, ctx) -> dict:
+        spec, seed = self.spec, ctx.recipe.seed
+        data = clean_pairs(spec, ctx.model, ctx.tokenizer, seed, ctx.progress)
+        key = cache_key("ft", model_fingerprint(ctx.model), spec.model_dump(), seed, data.summary)
+        folder = cache_root() / "defenses" / key
+        reused = spec.cache and (folder / "open_clip_config.json").is_file()
+        info = {"pairs": len(data), "cache_key": key, "reused": reused}
+        if reused:
+            ctx.log(f"reusing the cached FT model {folder}")
+        else:
+            partial = cache_root() / "defenses" / f"{key}.partial"
+            result = train(
+                ctx.model,
+                data,
+                spec.training,
+                seed,
+                partial,
+                resume=(partial / CHECKPOINT).is_file(),
+                log=ctx.log,
+                progress=ctx.progress,
+            )
+            write_folder(folder, lambda tmp: save_clip(ctx.model, tmp, overwrite=True))
+            info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+        ctx.model = load_clip(folder, device=ctx.recipe.device).model
+        link_into(folder, ctx.run.path / "artifacts" / "ft")
+        return info

@@ -1,0 +1,53 @@
+"""Blended: x' = (1 - alpha) x + alpha P over the whole frame (METHODS.md 1.2).
+
+P is seeded uniform noise at the model's resolution (default) or an image file; it is resized to
+whatever resolution it is applied at, and the same alpha serves training and testing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clip_backdoor.data.classification import load_rgb
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.triggers.base import Trigger, seeded_generator
+
+
+def resize_pattern(pattern: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if pattern.shape[-2:] == (height, width):
+        return pattern
+    resized = F.interpolate(pattern[None], size=(height, width), mode="bilinear", antialias=True)
+    return resized[0].clamp(0, 1)
+
+
+@TRIGGERS.register("blended")
+class Blended(Trigger):
+    name = "blended"
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 224,
+        alpha: float = 0.2,
+        image_file: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < alpha <= 1:
+            raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
+        self.alpha, size = float(alpha), int(image_size)
+        if image_file:
+            from torchvision.transforms.functional import pil_to_tensor
+
+            pixels = pil_to_tensor(load_rgb(image_file)).float() / 255
+            self.pattern = resize_pattern(pixels, size, size)
+        else:
+            self.pattern = torch.rand((3, size, size), generator=seeded_generator(seed))
+
+    def apply(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        pattern = resize_pattern(self.pattern, *images.shape[-2:]).to(images)
+        return ((1 - self.alpha) * images + self.alpha * pattern).clamp(0, 1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"pattern": self.pattern}
