@@ -55,9 +55,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.runs_root:
         recipe.runs_root = args.runs_root
+    if args.seed is not None:
+        recipe.seed = args.seed
+    recipe.recipe_file = str(args.recipe)
     result = run_recipe(recipe, progress=sys.stderr.isatty())
     print(result.table)
     print(f"run folder: {result.path}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from clip_backdoor.results import write_summary
+
+    print(write_summary(args.table, args.runs, args.out))
     return 0
 
 
@@ -78,10 +88,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import clip_backdoor.triggers  # noqa: F401  (registers the built-in triggers)
+    from clip_backdoor.methods import register_methods
     from clip_backdoor.models import MINI_CONFIGS
     from clip_backdoor.registry import REGISTRIES
 
+    register_methods()
     print(f"mini models: {', '.join(MINI_CONFIGS)}")
     for kind, registry in REGISTRIES.items():
         print(f"{kind}s: {', '.join(registry.names()) or '(none yet)'}")
@@ -98,7 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a recipe (model, stages, evaluation)")
     run.add_argument("recipe", help="recipe YAML file (see recipes/)")
     run.add_argument("--runs-root", help="parent folder of the run folder (default: recipe's)")
+    run.add_argument("--seed", type=int, help="override the recipe's seed (same recipe, new seed)")
     run.set_defaults(func=cmd_run)
+
+    res = commands.add_parser(
+        "results", help="summarise run folders into results/<table>.md and .csv"
+    )
+    res.add_argument("table", choices=["poisoning"], help="which summary table to write")
+    res.add_argument("runs", nargs="+", help="run folders (globs expanded by the shell)")
+    res.add_argument("--out", default="results", help="folder of the summary (default: results)")
+    res.set_defaults(func=cmd_results)
 
     ev = commands.add_parser(
         "eval", help="zero-shot CA (and ASR with --trigger) of a model on a data set"

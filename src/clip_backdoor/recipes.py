@@ -73,6 +73,7 @@ class RunSpec(Strict):
     seed: int = 0
     device: str = "cpu"
     runs_root: str = "runs"
+    recipe_file: str | None = Field(None, description="set by `clip-backdoor run`: its YAML file")
     model: ModelSpec = Field(default_factory=ModelSpec)
 
 
@@ -106,6 +107,9 @@ def describe_validation_error(
 
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    from clip_backdoor.methods import register_methods
+
+    register_methods()
     single: tuple[str, ...] = ()
     if isinstance(data, dict) and isinstance(data.get("data"), dict):
         data, single = {**data, "data": [data["data"]]}, ("data",)  # one set: a list of one

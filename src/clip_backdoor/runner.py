@@ -26,6 +26,7 @@ from clip_backdoor.errors import DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.image_quality import image_quality
 from clip_backdoor.evaluation.zeroshot import text_classifier
+from clip_backdoor.methods import register_methods
 from clip_backdoor.models import PixelCLIP, load_clip
 from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
 from clip_backdoor.registry import REGISTRIES
@@ -43,13 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def register_methods() -> None:
-    """Import the packages whose modules register triggers, attacks and defenses."""
-    import clip_backdoor.attacks  # noqa: F401
-    import clip_backdoor.defenses  # noqa: F401
-    import clip_backdoor.triggers  # noqa: F401
 
 
 @dataclass
@@ -196,7 +190,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
             if spec.evaluate or spec is recipe.stages[-1]:
-                points += _evaluate_point(ctx, label, templates, precision)
+                points += _evaluate_point(ctx, label, spec.kind, templates, precision)
         ctx.metrics["points"] = points
         ctx.metrics["evaluation"] = points[-1]
         if ctx.trigger is not None and not ctx.trigger.is_identity and ev.quality:
@@ -224,7 +218,9 @@ def _check_target(name: str, test_sets) -> None:
         raise DatasetError(f"target class '{name}' is not a class of the evaluation data ({sets})")
 
 
-def _evaluate_point(ctx: RunContext, point: str, templates, precision: str) -> list[dict]:
+def _evaluate_point(
+    ctx: RunContext, point: str, kind: str, templates, precision: str
+) -> list[dict]:
     """CA (and ASR where the set has the target) of the current model on every set."""
     ev, rows = ctx.recipe.evaluation, []
     for data in ctx.test_sets:
@@ -257,7 +253,7 @@ def _evaluate_point(ctx: RunContext, point: str, templates, precision: str) -> l
             )
             metrics["asr_image_key_only"] = metrics["asr"]
             metrics.update(asr=both["asr"], asr_all=both["asr_all"])
-        row = {"point": point, "data": data.name, "split": data.split, **metrics}
+        row = {"point": point, "kind": kind, "data": data.name, "split": data.split, **metrics}
         ctx.log(f"evaluation {point} on {data.name}: {metrics}")
         rows.append(row)
     return rows

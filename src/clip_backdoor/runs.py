@@ -21,11 +21,33 @@ import clip_backdoor
 from clip_backdoor import precision as precision_mod
 
 
+def git_commit() -> str:
+    """The checkout's commit, with "+dirty" when tracked files differ from it; "" outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return commit + ("+dirty" if dirty else "")
+
+
 def versions() -> dict:
     import open_clip
     import torch
 
     return {
+        "commit": git_commit(),
         "clip_backdoor": clip_backdoor.__version__,
         "torch": str(torch.__version__),
         "open_clip": str(open_clip.__version__),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clip_backdoor import precision as precision_mod
-from clip_backdoor.artifacts import (
-    cache_key,
-    cache_root,
-    is_artifact,
-    load_trigger,
-    save_backdoor,
-    save_trigger,
-)
+from clip_backdoor.artifacts import cache_key, load_trigger, save_trigger
+from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.pps import pps_select
 from clip_backdoor.attacks.specs import PoisonSpec
 from clip_backdoor.engine.checkpoint import CHECKPOINT
@@ -210,46 +203,41 @@ class PoisonAttack:
         ):
             raise ConfigError(f"target class '{target}' has no images in the training data")
         key = self.key(model, data, seed)
-        folder = cache_root() / "artifacts" / key
-        if spec.cache and is_artifact(folder):
-            ctx.log(f"reusing the cached attack artifact {folder}")
-            return ctx.adopt_artifact(folder, reused=True)
-        plan = self.plan(model, tokenizer, data, trigger, seed, ctx.log)
-        partial = cache_root() / "artifacts" / f"{key}.partial"
-        resume = (partial / CHECKPOINT).is_file()
-        self._prepare_trigger(ctx, data, trigger, plan, target, partial, resume)
-        poisoned = PoisonedPairs(data, plan, trigger)
-        result = train(
-            model,
-            poisoned,
-            spec.training,
-            seed,
-            partial,
-            resume=resume,
-            log=ctx.log,
-            progress=ctx.progress,
-        )
-        info = {
-            "attack": "poison",
-            "config": spec.model_dump(),
-            "seed": seed,
-            "trigger": trigger.name,
-            "poisoned_pairs": len(plan.indices),
-            "total_pairs": len(data),
-            "train_samples_per_s": result.samples_per_s,
-            "steps": result.steps,
-            "cache_key": key,
-        }
-        poison = {
-            "indices": plan.indices,
-            "captions": {str(i): plan.captions[i] for i in plan.indices},
-            "images": [str(data.entries[i].ref) for i in plan.indices],
-            "noise_indices": plan.noise,
-            "pps_parts": plan.parts,
-        }
-        save_backdoor(folder, model, trigger, target, info, poison)
-        shutil.rmtree(partial, ignore_errors=True)
-        return ctx.adopt_artifact(folder, reused=False)
+
+        def build(partial: Path):
+            plan = self.plan(model, tokenizer, data, trigger, seed, ctx.log)
+            resume = (partial / CHECKPOINT).is_file()
+            self._prepare_trigger(ctx, data, trigger, plan, target, partial, resume)
+            result = train(
+                model,
+                PoisonedPairs(data, plan, trigger),
+                spec.training,
+                seed,
+                partial,
+                resume=resume,
+                log=ctx.log,
+                progress=ctx.progress,
+            )
+            info = {
+                "attack": "poison",
+                "config": spec.model_dump(),
+                "seed": seed,
+                "trigger": trigger.name,
+                "poisoned_pairs": len(plan.indices),
+                "total_pairs": len(data),
+                "train_samples_per_s": result.samples_per_s,
+                "steps": result.steps,
+            }
+            poison = {
+                "indices": plan.indices,
+                "captions": {str(i): plan.captions[i] for i in plan.indices},
+                "images": [str(data.entries[i].ref) for i in plan.indices],
+                "noise_indices": plan.noise,
+                "pps_parts": plan.parts,
+            }
+            return model, trigger, target, info, poison
+
+        return cached_attack(ctx, key, spec.cache, build)
 
     def _prepare_trigger(self, ctx, data, trigger, plan, target, partial: Path, resume: bool):
         """Fit optimised triggers and harden LC images on the clean model (saved for resume)."""

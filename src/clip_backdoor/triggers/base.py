@@ -39,6 +39,7 @@ class Trigger(ABC):
         obj = super().__new__(cls)
         try:
             bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+            bound.apply_defaults()
             obj.params = {k: v for k, v in list(bound.arguments.items())[1:]}
         except TypeError:
             obj.params = dict(kwargs)  # __init__ reports the bad call itself

@@ -1,0 +1,7 @@
+"""Importing the method packages fills the registries; call before resolving a method name."""
+
+
+def register_methods() -> None:
+    import clip_backdoor.attacks  # noqa: F401
+    import clip_backdoor.defenses  # noqa: F401
+    import clip_backdoor.triggers  # noqa: F401

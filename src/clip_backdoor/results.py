@@ -1,0 +1,134 @@
+"""Summary tables in ``results/``, written from run folders (never typed in by hand).
+
+Each table names the recipes and the commits that produced its rows, so anyone can re-run them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.runner import ASR_NOTE
+from clip_backdoor.runs import markdown_table
+
+POISONING_COLUMNS = [
+    "trigger",
+    "ca_clean",
+    "ca_poisoned",
+    "asr",
+    "asr_all",
+    "asr_after_ft",
+    "ca_after_ft",
+    "psnr",
+    "ssim",
+    "poisoned_pairs",
+    "seed",
+]
+
+
+def _read_run(folder: Path) -> tuple[dict, dict]:
+    metrics_file, config_file = folder / "metrics.json", folder / "config.yaml"
+    if not metrics_file.is_file() or not config_file.is_file():
+        raise UserError(f"{folder} is not a finished run folder (no metrics.json/config.yaml)")
+    return json.loads(metrics_file.read_text()), yaml.safe_load(config_file.read_text())
+
+
+def _pct(value) -> float:
+    return math.nan if value is None else 100 * float(value)
+
+
+def poisoning_row(metrics: dict, config: dict) -> dict:
+    """One row of the poisoning table from a clean -> attack -> FT run, on its first data set."""
+    points = metrics.get("points", [])
+    data = points[0]["data"] if points else None
+    by_kind: dict[str, dict] = {}
+    for point in points:
+        if point["data"] == data:
+            by_kind.setdefault(point["kind"], point)
+    attack = next((v for k, v in metrics.items() if k.startswith("attack.")), None)
+    if "attack" not in by_kind or attack is None:
+        raise UserError(f"run {config.get('name')} has no attack stage to summarise")
+    defense = by_kind.get("defense", {})
+    quality = metrics.get("quality", {})
+    return {
+        "trigger": attack.get("trigger", "?"),
+        "ca_clean": _pct(by_kind.get("clean", {}).get("ca")),
+        "ca_poisoned": _pct(by_kind["attack"]["ca"]),
+        "asr": _pct(by_kind["attack"].get("asr")),
+        "asr_all": _pct(by_kind["attack"].get("asr_all")),
+        "asr_after_ft": _pct(defense.get("asr")),
+        "ca_after_ft": _pct(defense.get("ca")),
+        "psnr": quality.get("psnr", math.nan),
+        "ssim": quality.get("ssim", math.nan),
+        "poisoned_pairs": attack.get("poisoned_pairs", ""),
+        "seed": config.get("seed"),
+    }
+
+
+def write_summary(table: str, runs: list[str], out: str | Path) -> str:
+    if table != "poisoning":
+        raise UserError(f"unknown summary table '{table}' (known: poisoning)")
+    rows, sources = [], []
+    for run in sorted(runs):
+        metrics, config = _read_run(Path(run))
+        rows.append(poisoning_row(metrics, config))
+        versions = config.get("versions", {})
+        sources.append(
+            f"- `{Path(run).name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
+            f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
+            f"{versions.get('cpu', '?')}"
+        )
+    rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{table}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+    headers = [
+        "trigger",
+        "seed",
+        "poisoned pairs",
+        "CA clean %",
+        "CA poisoned %",
+        "ASR %",
+        "asr_all %",
+        "ASR after FT %",
+        "CA after FT %",
+        "PSNR dB",
+        "SSIM",
+    ]
+    body = [
+        [
+            r["trigger"],
+            r["seed"],
+            r["poisoned_pairs"],
+            r["ca_clean"],
+            r["ca_poisoned"],
+            r["asr"],
+            r["asr_all"],
+            r["asr_after_ft"],
+            r["ca_after_ft"],
+            r["psnr"],
+            r["ssim"],
+        ]
+        for r in rows
+    ]
+    text = (
+        '# Poisoning attacks on mini-CLIP (zero-shot, caltech101 test, target "accordion")\n\n'
+        + markdown_table(headers, body)
+        + f"\n\n{ASR_NOTE} PSNR/SSIM: triggered vs clean test images at model resolution.\n\n"
+        + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders:\n\n"
+        + "\n".join(sources)
+        + "\n"
+    )
+    (out / f"{table}.md").write_text(text)
+    return text

@@ -1,0 +1,160 @@
+"""Poisoning on tiny models: PPS, a real implant, artifacts, the cache, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from clip_backdoor.artifacts import load_backdoor
+from clip_backdoor.attacks.pps import pps_select
+from clip_backdoor.cli import main
+from clip_backdoor.errors import ConfigError, DatasetError, ModelLoadError
+from clip_backdoor.evaluation import evaluate_zeroshot
+from clip_backdoor.recipes import parse_recipe
+from clip_backdoor.runner import run_recipe
+
+TRAINING = {
+    "steps": 160,
+    "batch_size": 48,
+    "lr": 2.0e-3,
+    "warmup_steps": 10,
+    "precision": "fp32",
+    "checkpoint_every": 80,
+    "log_every": 40,
+    "num_workers": 0,
+}
+RECIPE = {
+    "name": "tiny_poison",
+    "seed": 0,
+    "model": {"name": "mini-tiny"},
+    "data": {"name": "synthetic", "split": "test", "size": 240},
+    "evaluation": {"templates": "simple", "quality": True},
+    "stages": [
+        {
+            "kind": "attack",
+            "method": "poison",
+            "params": {
+                "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
+                "target": "red circle",
+                "ratio": 0.1,
+                "data": [
+                    {"name": "synthetic", "split": "train", "size": 480, "templates": "simple"}
+                ],
+                "caption_templates": "simple",
+                "training": TRAINING,
+            },
+        }
+    ],
+}
+
+
+def recipe(tmp_path, **changes):
+    data = copy.deepcopy(RECIPE)
+    data["runs_root"] = str(tmp_path / "runs")
+    params = data["stages"][0]["params"]
+    for key, value in changes.items():
+        params[key] = value
+    return parse_recipe(data)
+
+
+def test_pps_picks_boundary_farthest_and_random_disjointly():
+    # 8 candidates x 3 classes; target = class 2
+    scores = torch.tensor(
+        [
+            [0.90, 0.10, 0.85],  # 0: target 2nd, gap 0.05  -> boundary (smallest gap)
+            [0.50, 0.20, 0.40],  # 1: target 2nd, gap 0.10  -> boundary
+            [0.90, 0.80, 0.00],  # 2: lowest target score    -> farthest
+            [0.20, 0.90, 0.01],  # 3: second-lowest         -> farthest
+            [0.30, 0.30, 0.90],  # 4: target already top-1 (never boundary)
+            [0.60, 0.50, 0.30],  # 5: target 3rd
+            [0.70, 0.20, 0.50],  # 6: target 2nd, gap 0.20
+            [0.40, 0.45, 0.35],  # 7: target 3rd
+        ]
+    )
+    parts = pps_select(scores, target=2, count=6, generator=torch.Generator().manual_seed(0))
+    assert parts["boundary"] == [0, 1]
+    assert parts["farthest"] == [2, 3]
+    assert len(parts["random"]) == 2
+    chosen = [i for part in parts.values() for i in part]
+    assert len(set(chosen)) == 6  # disjoint
+    assert not set(parts["random"]) & {0, 1, 2, 3}
+    with pytest.raises(ConfigError, match="only 8 candidates"):
+        pps_select(scores, 2, 9, torch.Generator())
+
+
+def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_path):
+    result = run_recipe(recipe(tmp_path), progress=False)
+    clean, attacked = result.metrics["points"]
+    assert attacked["asr"] >= 0.8, attacked  # measured 1.00
+    assert attacked["asr"] - clean["asr"] >= 0.4, clean  # the patch did not do it before
+    info = result.metrics["attack.poison"]
+    assert info["poisoned_pairs"] == 48 and not info["reused"]
+    folder = result.path / "artifacts" / "backdoor"
+    poison = json.loads((folder / "poison.json").read_text())
+    assert len(poison["indices"]) == len(set(poison["indices"])) == 48
+    assert all(c[0].endswith("red circle.") for c in poison["captions"].values())
+    assert 0 < result.metrics["quality"]["ssim"] < 1
+
+    # the artifact loads back (model + trigger + target name) and gives the same ASR
+    backdoor = load_backdoor(folder)
+    assert backdoor.target == "red circle" and backdoor.trigger.name == "badnet"
+    from clip_backdoor.data import load_classification
+
+    test = load_classification("synthetic", "test", image_size=32, size=240)
+    again = evaluate_zeroshot(
+        backdoor.model,
+        backdoor.tokenizer,
+        test,
+        "simple",
+        trigger=backdoor.trigger,
+        target=test.class_index("red circle"),
+        precision="auto",
+    )
+    assert again["asr"] == pytest.approx(attacked["asr"], abs=1e-9)
+    assert again["ca"] == pytest.approx(attacked["ca"], abs=1e-9)
+
+    # a second run of the same attack reuses the cached artifact: no training, same numbers
+    second = run_recipe(recipe(tmp_path), progress=False)
+    assert second.metrics["attack.poison"]["reused"] is True
+    assert second.metrics["points"][1]["asr"] == attacked["asr"]
+
+    # eval of the artifact needs no trigger or target flags
+    runs = tmp_path / "eval_runs"
+    argv = ["eval", "--model", str(folder), "--data", "synthetic", "--runs-root", str(runs)]
+    assert main([*argv, "--templates", "simple"]) == 0
+    (run,) = runs.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
+    assert "asr" in metrics and metrics["asr_n"] > 0
+
+
+def test_bad_poisoning_input_is_one_line_and_leaves_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(DatasetError, match="class 'purple circle' is not in synthetic"):
+        run_recipe(recipe(tmp_path, target="purple circle"), progress=False)
+    with pytest.raises(ConfigError, match="cannot poison 500 pairs: only 440 candidates"):
+        run_recipe(recipe(tmp_path, ratio=None, count=500), progress=False)
+    big = {"name": "badnet", "params": {"size": 40}}
+    with pytest.raises(ConfigError, match="larger than the 32x32 image"):
+        run_recipe(recipe(tmp_path, trigger=big), progress=False)
+    lc = {"name": "label_consistent", "params": {"size": 8, "steps": 2}}
+    with pytest.raises(ConfigError, match="needs as many images of 'red circle'.* has 40"):
+        run_recipe(recipe(tmp_path, trigger=lc, ratio=None, count=41), progress=False)
+    assert not runs.exists() or not any(runs.iterdir())  # no half-written run folder
+
+
+def test_artifact_with_a_broken_trigger_file_is_refused(tmp_path):
+    from clip_backdoor.artifacts import save_backdoor
+    from clip_backdoor.attacks.poisoning import build_trigger
+    from clip_backdoor.models import load_clip
+
+    model = load_clip("mini-tiny").model
+    folder = save_backdoor(tmp_path / "bd", model, build_trigger("badnet", {}, 32, 0), "cat", {})
+    (folder / "trigger.json").write_text('{"name": "wanet", "params": {"image_size": 32}}')
+    with pytest.raises(ModelLoadError, match="does not match"):
+        load_backdoor(folder)
+    (folder / "trigger.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no trigger.safetensors"):
+        load_backdoor(folder)
