@@ -95,7 +95,7 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     folder = result.path / "artifacts" / "backdoor"
     poison = json.loads((folder / "poison.json").read_text())
     assert len(poison["indices"]) == len(set(poison["indices"])) == 48
-    assert all(c[0].endswith("red circle.") for c in poison["captions"].values())
+    assert all("red circle" in c[0] for c in poison["captions"].values())
     assert 0 < result.metrics["quality"]["ssim"] < 1
 
     # the artifact loads back (model + trigger + target name) and gives the same ASR

@@ -9,10 +9,11 @@ evaluation set, and one table gets a row per point and set.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +182,24 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     try:
         if is_artifact(recipe.model.name):
             link_into(Path(recipe.model.name), run.path / "artifacts" / "backdoor")
+        clean_model = None
         if ev.clean or not recipe.stages:
             points += _evaluate_point(
-                ctx, "clean" if recipe.stages else "model", templates, precision
+                ctx, "clean" if recipe.stages else "model", "clean", templates, precision
             )
+            if ctx.trigger is None and recipe.stages:
+                clean_model = copy.deepcopy(ctx.model)  # stages may train the model in place
         for spec, stage in zip(recipe.stages, stages, strict=True):
             label = spec.label or spec.method
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
+            if clean_model is not None and ctx.trigger is not None:
+                # the trigger exists only now: the clean model's ASR is the baseline to beat
+                rows = _evaluate_point(
+                    replace(ctx, model=clean_model), "clean", "clean", templates, precision
+                )
+                points[: len(rows)] = rows
+                clean_model = None
             if spec.evaluate or spec is recipe.stages[-1]:
                 points += _evaluate_point(ctx, label, spec.kind, templates, precision)
         ctx.metrics["points"] = points
