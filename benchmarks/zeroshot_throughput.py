@@ -53,10 +53,11 @@ def main() -> None:
         "clip-backdoor eval (fp32)": lambda: evaluate_zeroshot(
             model, tokenizer, data, "photo", batch_size=args.batch_size, precision="fp32"
         ),
-        "clip-backdoor eval (bf16 autocast)": lambda: evaluate_zeroshot(
-            model, tokenizer, data, "photo", batch_size=args.batch_size, precision="bf16"
-        ),
     }
+    if native:  # emulated bf16 runs ~80x slower: not worth minutes of waiting to report it
+        runs["clip-backdoor eval (bf16 autocast)"] = lambda: evaluate_zeroshot(
+            model, tokenizer, data, "photo", batch_size=args.batch_size, precision="bf16"
+        )
     for run in runs.values():  # warm-up: allocator, kernels
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -72,10 +73,12 @@ def main() -> None:
         t = statistics.median(values)
         print(f"| {name} | {t:.2f} | {args.images / t:.1f} | {t / base:.3f} |")
     fp32 = statistics.median(times["clip-backdoor eval (fp32)"]) / base
-    bf16 = statistics.median(times["clip-backdoor eval (bf16 autocast)"]) / base
     print(f"\nfp32 ratio {fp32:.3f} (target <= 1.15): {'PASS' if fp32 <= 1.15 else 'FAIL'}")
-    verdict = ("PASS" if bf16 <= 0.6 else "FAIL") if native else "not judged (bf16 not native)"
-    print(f"bf16 ratio {bf16:.3f} (target <= 0.60): {verdict}")
+    if native:
+        bf16 = statistics.median(times["clip-backdoor eval (bf16 autocast)"]) / base
+        print(f"bf16 ratio {bf16:.3f} (target <= 0.60): {'PASS' if bf16 <= 0.6 else 'FAIL'}")
+    else:
+        print("bf16: not measured, not judged (this CPU has no native bf16)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.pps import pps_select
 from clip_backdoor.attacks.specs import PoisonSpec
 from clip_backdoor.engine.checkpoint import CHECKPOINT
-from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
+from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import resolve_templates, text_classifier
@@ -188,15 +188,8 @@ class PoisonAttack:
         trigger = build_trigger(spec.trigger.name, spec.trigger.params, model.image_size, seed)
         target = spec.target.replace("_", " ")
         ctx.require_target(target)
-        sources = [PairSource(s.name, s.split, s.templates, s.size) for s in spec.data]
-        data = ImageTextPairs(
-            sources,
-            tokenizer,
-            model.image_size,
-            spec.training.augment,
-            seed,
-            in_memory=spec.training.in_memory,
-            progress=ctx.progress,
+        data = pairs_for_training(
+            spec.data, tokenizer, model.image_size, spec.training, seed, ctx.progress
         )
         if target not in data.classnames() and (
             getattr(trigger, "needs_fit", False) or getattr(trigger, "clean_label", False)
@@ -227,6 +220,8 @@ class PoisonAttack:
                 "total_pairs": len(data),
                 "train_samples_per_s": result.samples_per_s,
                 "steps": result.steps,
+                "trigger_fit": getattr(trigger, "report", None)
+                or getattr(trigger, "history", None),
             }
             poison = {
                 "indices": plan.indices,

@@ -7,29 +7,17 @@ measures how much of the backdoor survives.
 
 from __future__ import annotations
 
+import shutil
+
 from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
 from clip_backdoor.attacks.specs import FineTuneSpec
 from clip_backdoor.engine.checkpoint import CHECKPOINT
-from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
+from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models import load_clip, save_clip
 from clip_backdoor.recipes import validate
 from clip_backdoor.registry import DEFENSES
-
-
-def clean_pairs(spec: FineTuneSpec, model, tokenizer, seed: int, progress: bool) -> ImageTextPairs:
-    sources = [PairSource(s.name, s.split, s.templates, s.size) for s in spec.data]
-    return ImageTextPairs(
-        sources,
-        tokenizer,
-        model.image_size,
-        spec.training.augment,
-        seed,
-        in_memory=spec.training.in_memory,
-        progress=progress,
-        fraction=spec.fraction,
-    )
 
 
 @DEFENSES.register("ft")
@@ -39,7 +27,15 @@ class FineTune:
 
     def run(self, ctx) -> dict:
         spec, seed = self.spec, ctx.recipe.seed
-        data = clean_pairs(spec, ctx.model, ctx.tokenizer, seed, ctx.progress)
+        data = pairs_for_training(
+            spec.data,
+            ctx.tokenizer,
+            ctx.model.image_size,
+            spec.training,
+            seed,
+            ctx.progress,
+            fraction=spec.fraction,
+        )
         key = cache_key("ft", model_fingerprint(ctx.model), spec.model_dump(), seed, data.summary)
         folder = cache_root() / "defenses" / key
         reused = spec.cache and (folder / "open_clip_config.json").is_file()
@@ -60,8 +56,6 @@ class FineTune:
             )
             write_folder(folder, lambda tmp: save_clip(ctx.model, tmp, overwrite=True))
             info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
-            import shutil
-
             shutil.rmtree(partial, ignore_errors=True)
         ctx.model = load_clip(folder, device=ctx.recipe.device).model
         link_into(folder, ctx.run.path / "artifacts" / "ft")

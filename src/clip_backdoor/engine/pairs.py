@@ -227,3 +227,25 @@ class ImageTextPairs(Dataset):
         entry = self.entries[index]
         caption = self.pick_caption(index, entry.captions)
         return self.augmented(index), self.tokenizer([caption])[0], entry.group
+
+
+def pairs_for_training(
+    sources,
+    tokenizer,
+    image_size: int,
+    training,
+    seed: int,
+    progress: bool = False,
+    fraction: float = 1.0,
+) -> ImageTextPairs:
+    """Pairs from recipe source specs, augmented and held in memory as ``training`` says."""
+    return ImageTextPairs(
+        [PairSource(s.name, s.split, s.templates, s.size) for s in sources],
+        tokenizer,
+        image_size,
+        training.augment,
+        seed,
+        in_memory=training.in_memory,
+        progress=progress,
+        fraction=fraction,
+    )

@@ -16,7 +16,7 @@ import yaml
 from clip_backdoor.data import load_classification
 from clip_backdoor.engine.config import PretrainRecipe, parse_pretrain_recipe
 from clip_backdoor.engine.distributed import broadcast_object, init_distributed, shutdown
-from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
+from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.errors import UserError
 from clip_backdoor.evaluation import evaluate_zeroshot, resolve_templates
@@ -57,15 +57,8 @@ def pretrain(
     model, _, tokenizer = load_clip(
         spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
     )
-    sources = [PairSource(s.name, s.split, s.templates, s.size) for s in recipe.data]
-    data = ImageTextPairs(
-        sources,
-        tokenizer,
-        model.image_size,
-        recipe.training.augment,
-        recipe.seed,
-        in_memory=recipe.training.in_memory,
-        progress=progress,
+    data = pairs_for_training(
+        recipe.data, tokenizer, model.image_size, recipe.training, recipe.seed, progress
     )
     eval_sets = [
         load_classification(

@@ -149,7 +149,7 @@ def train(
 
     bar = tqdm(total=steps, initial=step, disable=not (progress and dist.main), desc="train")
     batches = _batches(data, spec, seed, dist, epoch, start_batch)
-    seen, started = 0, time.perf_counter()
+    seen, started, saving = 0, time.perf_counter(), 0.0  # saving: checkpoint I/O time
     while step < steps:
         epoch, batch_index, (images, tokens, groups) = next(batches)
         loss_value = 0.0
@@ -187,7 +187,7 @@ def train(
         seen += spec.batch_size
         lr = optimizer.param_groups[0]["lr"]
         history.append([step, loss_value, lr])
-        rate = seen / (time.perf_counter() - started)
+        rate = seen / (time.perf_counter() - started - saving)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", samples_s=f"{rate:.0f}")
         bar.update(1)
         if step % spec.log_every == 0 or step == steps:
@@ -197,7 +197,10 @@ def train(
                 f"{rate:.1f} samples/s"
             )
         if step % spec.checkpoint_every == 0 or step == steps:
+            before = time.perf_counter()
             checkpoint(epoch, batch_index + 1)
+            saving += time.perf_counter() - before
     bar.close()
     model.eval()
-    return TrainResult(step, seen / max(time.perf_counter() - started, 1e-9), history)
+    elapsed = max(time.perf_counter() - started - saving, 1e-9)
+    return TrainResult(step, seen / elapsed, history)  # samples/s of training, I/O excluded

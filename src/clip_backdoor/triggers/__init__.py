@@ -6,6 +6,7 @@ from clip_backdoor.triggers import (  # noqa: F401  (each module registers its t
     blended,
     dual_embedding,
     identity,
+    issba,
     label_consistent,
     sig,
     trojvqa,
