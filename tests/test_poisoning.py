@@ -121,6 +121,17 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     assert second.metrics["attack.poison"]["reused"] is True
     assert second.metrics["points"][1]["asr"] == attacked["asr"]
 
+    # the summary table is written from the run folder, with the columns the issue names
+    from clip_backdoor.results import POISONING_COLUMNS, write_summary
+
+    text = write_summary("poisoning", [str(result.path)], tmp_path / "results")
+    lines = (tmp_path / "results" / "poisoning.csv").read_text().splitlines()
+    assert lines[0].split(",") == POISONING_COLUMNS
+    row = dict(zip(POISONING_COLUMNS, lines[1].split(","), strict=True))
+    assert row["trigger"] == "badnet" and row["poisoned_pairs"] == "48" and row["seed"] == "0"
+    assert float(row["asr"]) == pytest.approx(100 * attacked["asr"], abs=1e-3)
+    assert result.path.name in text and "ASR: triggered test images" in text
+
     # eval of the artifact needs no trigger or target flags
     runs = tmp_path / "eval_runs"
     argv = ["eval", "--model", str(folder), "--data", "synthetic", "--runs-root", str(runs)]

@@ -38,6 +38,9 @@ def pgd_away_from_class(
     """L-inf PGD with a random start that maximises CE(s * f(x + eta) W^T, label)."""
     device = next(model.parameters()).device
     scale = model.logit_scale.exp().detach().float()
+    weights = classifier.clone().T.to(
+        device
+    )  # a normal tensor (classifiers come from inference mode)
     out = []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="pgd"):
         clean = as_float(images[start : start + batch_size]).to(device)
@@ -48,7 +51,7 @@ def pgd_away_from_class(
             adv.requires_grad_(True)
             with precision_mod.autocast(precision, device):
                 features = model.encode_image(adv).float()
-            loss = F.cross_entropy(scale * features @ classifier.T.to(device), labels)
+            loss = F.cross_entropy(scale * features @ weights, labels)
             (grad,) = torch.autograd.grad(loss, adv)
             with torch.no_grad():
                 adv = adv + step * grad.sign()
