@@ -118,7 +118,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
             r["asr_after_ft"],
             r["ca_after_ft"],
             r["psnr"],
-            r["ssim"],
+            f"{r['ssim']:.4f}",
         ]
         for r in rows
     ]
