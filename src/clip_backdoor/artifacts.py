@@ -60,6 +60,8 @@ def save_trigger(trigger: Trigger, folder: Path) -> None:
     )
     state = {k: v.detach().cpu().contiguous() for k, v in trigger.state_dict().items()}
     save_file(state, str(folder / TRIGGER_STATE))
+    for item in folder.iterdir():
+        item.chmod(0o644)  # an artifact is for sharing (temporary files are private)
 
 
 def load_trigger(folder: str | Path) -> Trigger:
