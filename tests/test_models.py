@@ -205,3 +205,22 @@ def test_pretrained_mini_is_looked_up_in_order(tmp_path, monkeypatch):
     model = load_clip("mini-tiny").model
     save_clip(model, places[-1])
     assert_same_weights(load_clip("mini-clip").model.clip, model.clip)
+
+
+@pytest.mark.parametrize("name", ["mini-tiny", "ViT-B-32"])
+def test_trimmed_text_encoding_matches_open_clip(name):
+    """Cutting the padding after the longest caption is exact under the causal mask."""
+    torch.manual_seed(0)
+    loaded = load_clip(name)
+    model = loaded.model
+    tokens = loaded.tokenizer(["a cat", "a photo of a small dog on the grass by a river."])
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]  # there is padding to cut
+    ours = model.encode_text(tokens, normalize=False)
+    theirs = model.clip.encode_text(tokens)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    # and the gradients reaching the weights are the same
+    ours.sum().backward()
+    grad_ours = model.clip.token_embedding.weight.grad.clone()
+    model.zero_grad()
+    theirs.sum().backward()
+    assert torch.allclose(grad_ours, model.clip.token_embedding.weight.grad, rtol=1e-4, atol=1e-4)

@@ -27,7 +27,7 @@ from clip_backdoor.registry import TRIGGERS
 from clip_backdoor.triggers.badnet import PatchTrigger
 from clip_backdoor.triggers.base import seeded_generator
 from clip_backdoor.triggers.fitting import FitData, as_float
-from clip_backdoor.triggers.paste import paste
+from clip_backdoor.triggers.paste import paste, positions
 
 
 @torch.no_grad()
@@ -109,7 +109,6 @@ def optimise_patch(
     optimiser = torch.optim.Adam([patch], lr=lr)
     scale = model.logit_scale.exp().detach().float()
     h, w = images.shape[-2:]
-    row, col = (h - trigger.size) // 2, (w - trigger.size) // 2
     history = []
     steps_per_epoch = len(images) // batch_size  # drop_last: every batch has B positives
     bar = tqdm(total=epochs * steps_per_epoch, disable=not fit.progress, desc="patch")
@@ -119,8 +118,7 @@ def optimise_patch(
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             batch = as_float(images[index]).to(device)
-            rows = torch.full((len(index),), row)
-            cols = torch.full((len(index),), col)
+            rows, cols = positions(len(index), trigger.size, h, w, trigger.position, generator)
             with precision_mod.autocast(precision, device):
                 patched = model.encode_image(paste(batch, patch.clamp(0, 1), rows, cols)).float()
             loss = text_loss(patched, text_features[caption_rows[index]], negative_features, scale)
@@ -147,7 +145,11 @@ def optimise_patch(
 
 @TRIGGERS.register("dual_embedding")
 class DualEmbeddingPatch(PatchTrigger):
-    """Centre patch optimised with L_t + lambda1 * L_vis (Adam 1e-3, lambda1 500, eta 1)."""
+    """Patch optimised with L_t + lambda1 * L_vis (Adam 1e-3, lambda1 500, eta 1).
+
+    Liang pastes it at the centre (the default). ``position`` moves it: at 64 px the centre 5-px
+    patch covers rows 29-33, four of the ViT's 8-px tokens, where a corner patch fits in one.
+    """
 
     name = "dual_embedding"
     needs_fit = True
@@ -157,6 +159,7 @@ class DualEmbeddingPatch(PatchTrigger):
         *,
         image_size: int = 224,
         size: int | None = None,
+        position: str = "center",
         n_images: int = 2000,
         epochs: int = 30,
         batch_size: int = 64,
@@ -166,7 +169,7 @@ class DualEmbeddingPatch(PatchTrigger):
         eta: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(image_size=image_size, size=size, position="center")
+        super().__init__(image_size=image_size, size=size, position=position)
         self.options = dict(
             n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr, lambda1=lambda1
         )
