@@ -85,7 +85,7 @@ def test_pps_picks_boundary_farthest_and_random_disjointly():
         pps_select(scores, 2, 9, torch.Generator())
 
 
-def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_path):
+def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_path, monkeypatch):
     result = run_recipe(recipe(tmp_path), progress=False)
     clean, attacked = result.metrics["points"]
     assert attacked["asr"] >= 0.8, attacked  # measured 1.00
@@ -116,9 +116,16 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     assert again["asr"] == pytest.approx(attacked["asr"], abs=1e-9)
     assert again["ca"] == pytest.approx(attacked["ca"], abs=1e-9)
 
-    # a second run of the same attack reuses the cached artifact: no training, same numbers
+    # a second run of the same attack reuses the cached artifact: no training, same numbers, and
+    # not one training image decoded
+    import clip_backdoor.engine.pairs as pairs_module
+
+    decoded = []
+    original = pairs_module.decode
+    monkeypatch.setattr(pairs_module, "decode", lambda *a: decoded.append(1) or original(*a))
     second = run_recipe(recipe(tmp_path), progress=False)
     assert second.metrics["attack.poison"]["reused"] is True
+    assert decoded == []
     assert second.metrics["points"][1]["asr"] == attacked["asr"]
 
     # the summary table is written from the run folder, with the columns the issue names

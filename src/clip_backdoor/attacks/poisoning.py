@@ -61,6 +61,9 @@ class PoisonedPairs(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
+    def preload(self) -> None:
+        self.base.preload()
+
     def __len__(self) -> int:
         return len(self.base)
 

@@ -110,7 +110,8 @@ class ImageTextPairs(Dataset):
 
     ``in_memory`` decodes every image once into uint8 tensors (about 280 MB for the shared train
     splits) and augments from there: JPEG decoding otherwise competes with the model for the
-    cores on every epoch.
+    cores on every epoch. The decoding happens at the first image access (or ``preload``), not at
+    construction, so a stage that finds its result cached never pays for it.
     """
 
     def __init__(
@@ -153,8 +154,12 @@ class ImageTextPairs(Dataset):
             self.entries = [self.entries[i] for i in keep]
             self.summary.append(("subset", f"{fraction:g}", len(self.entries)))
         self.pixels: list[torch.Tensor] | None = None
-        if in_memory:
-            self.pixels = self._decode_all(progress)
+        self.in_memory, self.progress = in_memory, progress
+
+    def preload(self) -> None:
+        """Decode every image now (before DataLoader workers start, so they share the copy)."""
+        if self.in_memory and self.pixels is None:
+            self.pixels = self._decode_all(self.progress)
 
     def _decode_all(self, progress: bool) -> list[torch.Tensor]:
         decoder = _Decoder([e.ref for e in self.entries], self.synthetic)
@@ -202,6 +207,7 @@ class ImageTextPairs(Dataset):
 
     def raw(self, index: int) -> torch.Tensor:
         """The decoded uint8 image (3, h, w) at its stored size."""
+        self.preload()
         if self.pixels is not None:
             return self.pixels[index]
         return decode(self.entries[index].ref, self.synthetic)

@@ -126,6 +126,8 @@ def train(
         step, epoch, start_batch = state["step"], state["epoch"], state["next_batch"]
         history = state["history"]
         log(f"resumed at step {step} (epoch {epoch}, batch {start_batch})")
+    if hasattr(data, "preload"):  # decode once here, not once per DataLoader worker
+        data.preload()
     net = DistributedDataParallel(model) if dist.world_size > 1 else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     precision = precision_mod.resolve(spec.precision, device)
