@@ -176,3 +176,23 @@ def test_artifact_with_a_broken_trigger_file_is_refused(tmp_path):
     (folder / "trigger.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="no trigger.safetensors"):
         load_backdoor(folder)
+
+
+def test_summary_verdicts_and_liang_headline():
+    from clip_backdoor.results import headline_checks, verdict
+
+    def row(trigger, seed, asr, ca, after):
+        return {"trigger": trigger, "seed": seed, "asr": asr, "ca_clean": 51.0} | {
+            "ca_poisoned": ca,
+            "asr_after_ft": after,
+        }
+
+    assert verdict(row("badnet", 0, 80.0, 48.0, 0)) == "passes"
+    assert verdict(row("badnet", 0, 79.9, 48.5, 0)) == "fails: ASR < 80"
+    assert verdict(row("badnet", 0, 95.0, 47.9, 0)) == "fails: CA drop > 3"
+    rows = [row("dual_embedding", 1, 99, 50, 60), row("badnet", 1, 90, 50, 70)]
+    rows.append(row("blended", 1, 90, 50, 10))
+    checks = headline_checks(rows)
+    assert len(checks) == 2
+    assert checks[0].endswith("vs badnet 70.00: does not hold")
+    assert checks[1].endswith("vs blended 10.00: holds")

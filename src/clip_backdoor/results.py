@@ -70,6 +70,37 @@ def poisoning_row(metrics: dict, config: dict) -> dict:
     }
 
 
+HEADLINE_TRIGGERS = ("badnet", "blended", "wanet", "dual_embedding")  # the issue's >= 80% set
+ASR_BAR, CA_DROP_BAR = 80.0, 3.0
+
+
+def verdict(row: dict) -> str:
+    """The issue's bar for one row: ASR >= 80% with CA within 3 points of the clean model."""
+    drop = row["ca_clean"] - row["ca_poisoned"]
+    if row["asr"] >= ASR_BAR and drop <= CA_DROP_BAR:
+        return "passes"
+    reasons = [f"ASR < {ASR_BAR:g}"] * (row["asr"] < ASR_BAR)
+    reasons += [f"CA drop > {CA_DROP_BAR:g}"] * (drop > CA_DROP_BAR)
+    return "fails: " + ", ".join(reasons)
+
+
+def headline_checks(rows: list[dict]) -> list[str]:
+    """Liang's Table 1 headline per seed: the dual patch keeps more ASR after FT than the rest."""
+    lines = []
+    for seed in sorted({r["seed"] for r in rows}):
+        after = {r["trigger"]: r["asr_after_ft"] for r in rows if r["seed"] == seed}
+        if "dual_embedding" not in after:
+            continue
+        for other in ("badnet", "blended"):
+            if other in after:
+                holds = after["dual_embedding"] > after[other]
+                lines.append(
+                    f"- seed {seed}: ASR after FT, dual_embedding {after['dual_embedding']:.2f}"
+                    f" vs {other} {after[other]:.2f}: {'holds' if holds else 'does not hold'}"
+                )
+    return lines
+
+
 def write_summary(table: str, runs: list[str], out: str | Path) -> str:
     if table != "poisoning":
         raise UserError(f"unknown summary table '{table}' (known: poisoning)")
@@ -105,6 +136,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
         "CA after FT %",
         "PSNR dB",
         "SSIM",
+        "bar (ASR >= 80, CA drop <= 3)",
     ]
     body = [
         [
@@ -119,13 +151,22 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
             r["ca_after_ft"],
             r["psnr"],
             f"{r['ssim']:.4f}",
+            verdict(r) if r["trigger"] in HEADLINE_TRIGGERS else "reported",
         ]
         for r in rows
     ]
+    checks = headline_checks(rows)
     text = (
         '# Poisoning attacks on mini-CLIP (zero-shot, caltech101 test, target "accordion")\n\n'
         + markdown_table(headers, body)
         + f"\n\n{ASR_NOTE} PSNR/SSIM: triggered vs clean test images at model resolution.\n\n"
+        + (
+            "Liang's headline (the dual-embedding patch keeps more ASR after FT):\n\n"
+            + "\n".join(checks)
+            + "\n\n"
+            if checks
+            else ""
+        )
         + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders:\n\n"
         + "\n".join(sources)
         + "\n"
