@@ -67,7 +67,17 @@ def poisoning_row(metrics: dict, config: dict) -> dict:
         "ssim": quality.get("ssim", math.nan),
         "poisoned_pairs": attack.get("poisoned_pairs", ""),
         "seed": config.get("seed"),
+        "epochs": _attack_epochs(config),
     }
+
+
+def _attack_epochs(config: dict):
+    """The attack's fine-tuning epochs as the run's own config recorded them (recipes change)."""
+    for stage in config.get("stages", []):
+        if stage.get("kind") == "attack":
+            params = stage.get("params", {})
+            return params.get("training", {}).get("epochs", params.get("epochs", ""))
+    return ""
 
 
 HEADLINE_TRIGGERS = ("badnet", "blended", "wanet", "dual_embedding")  # the issue's >= 80% set
@@ -118,7 +128,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"{table}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(
@@ -128,6 +138,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
         "trigger",
         "seed",
         "poisoned pairs",
+        "attack epochs",
         "CA clean %",
         "CA poisoned %",
         "ASR %",
@@ -143,6 +154,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
             r["trigger"],
             r["seed"],
             r["poisoned_pairs"],
+            r["epochs"],
             r["ca_clean"],
             r["ca_poisoned"],
             r["asr"],
