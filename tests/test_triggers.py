@@ -94,6 +94,14 @@ def test_blended_mixes_with_alpha_and_sig_is_a_sinusoid():
     assert abs(float(sig.max()) - (0.5 + 60 / 255)) < 1e-3
 
 
+def test_blended_image_pattern_from_scikit_image():
+    cat = triggers.get("blended")(image_size=32, image_file="skimage:chelsea")
+    assert cat.pattern.shape == (3, 32, 32) and float(cat.pattern.min()) >= 0
+    assert float(cat.pattern.max()) <= 1 and float(cat.pattern.std()) > 0.05  # a photo, not flat
+    with pytest.raises(ConfigError, match="scikit-image has no image 'nope'"):
+        triggers.get("blended")(image_file="skimage:nope")
+
+
 def test_wanet_noise_mode_differs_per_draw():
     wanet = build("wanet")
     x = images(2)

@@ -56,7 +56,7 @@ def poisoning_row(metrics: dict, config: dict) -> dict:
     defense = by_kind.get("defense", {})
     quality = metrics.get("quality", {})
     return {
-        "trigger": attack.get("trigger", "?"),
+        "trigger": trigger_label(attack.get("trigger", "?"), config),
         "ca_clean": _pct(by_kind.get("clean", {}).get("ca")),
         "ca_poisoned": _pct(by_kind["attack"]["ca"]),
         "asr": _pct(by_kind["attack"].get("asr")),
@@ -71,13 +71,29 @@ def poisoning_row(metrics: dict, config: dict) -> dict:
     }
 
 
-def _attack_epochs(config: dict):
-    """The attack's fine-tuning epochs as the run's own config recorded them (recipes change)."""
+def _attack_params(config: dict) -> dict:
     for stage in config.get("stages", []):
         if stage.get("kind") == "attack":
-            params = stage.get("params", {})
-            return params.get("training", {}).get("epochs", params.get("epochs", ""))
-    return ""
+            return stage.get("params", {})
+    return {}
+
+
+def trigger_label(name: str, config: dict) -> str:
+    """The trigger's name, with its image when it blends one (noise and image rows differ)."""
+    trigger = _attack_params(config).get("trigger", {})
+    image = trigger.get("params", {}).get("image_file") if isinstance(trigger, dict) else None
+    return f"{name} ({image})" if image else name
+
+
+def family(label: str) -> str:
+    """``blended (skimage:chelsea)`` -> blended, ``wanet_clipref`` -> wanet: the issue's names."""
+    return label.split(" ")[0].removesuffix("_clipref")
+
+
+def _attack_epochs(config: dict):
+    """The attack's fine-tuning epochs as the run's own config recorded them (recipes change)."""
+    params = _attack_params(config)
+    return params.get("training", {}).get("epochs", params.get("epochs", ""))
 
 
 HEADLINE_TRIGGERS = ("badnet", "blended", "wanet", "dual_embedding")  # the issue's >= 80% set
@@ -101,13 +117,12 @@ def headline_checks(rows: list[dict]) -> list[str]:
         after = {r["trigger"]: r["asr_after_ft"] for r in rows if r["seed"] == seed}
         if "dual_embedding" not in after:
             continue
-        for other in ("badnet", "blended"):
-            if other in after:
-                holds = after["dual_embedding"] > after[other]
-                lines.append(
-                    f"- seed {seed}: ASR after FT, dual_embedding {after['dual_embedding']:.2f}"
-                    f" vs {other} {after[other]:.2f}: {'holds' if holds else 'does not hold'}"
-                )
+        for other in sorted(t for t in after if family(t) in ("badnet", "blended")):
+            holds = after["dual_embedding"] > after[other]
+            lines.append(
+                f"- seed {seed}: ASR after FT, dual_embedding {after['dual_embedding']:.2f}"
+                f" vs {other} {after[other]:.2f}: {'holds' if holds else 'does not hold'}"
+            )
     return lines
 
 
@@ -163,7 +178,7 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
             r["ca_after_ft"],
             r["psnr"],
             f"{r['ssim']:.4f}",
-            verdict(r) if r["trigger"] in HEADLINE_TRIGGERS else "reported",
+            verdict(r) if family(r["trigger"]) in HEADLINE_TRIGGERS else "reported",
         ]
         for r in rows
     ]

@@ -1,7 +1,9 @@
 """Blended: x' = (1 - alpha) x + alpha P over the whole frame (METHODS.md 1.2).
 
-P is seeded uniform noise at the model's resolution (default) or an image file; it is resized to
-whatever resolution it is applied at, and the same alpha serves training and testing.
+P is seeded uniform noise at the model's resolution (default) or an image: a file, or one of the
+photos scikit-image ships (``skimage:chelsea``, a cat, stands in for the references' Hello Kitty and
+needs no download or binary in the repo). It is resized to whatever resolution it is applied at,
+and the same alpha serves training and testing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,24 @@ def resize_pattern(pattern: torch.Tensor, height: int, width: int) -> torch.Tens
     return resized[0].clamp(0, 1)
 
 
+def load_pattern(image_file: str) -> torch.Tensor:
+    """(3, H, W) floats in [0, 1] from a path or ``skimage:<name>`` (scikit-image's photos)."""
+    if image_file.startswith("skimage:"):
+        import skimage.data
+
+        name = image_file.split(":", 1)[1]
+        loader = getattr(skimage.data, name, None)
+        if name.startswith("_") or not callable(loader):
+            raise ConfigError(f"blend pattern {image_file!r}: scikit-image has no image {name!r}")
+        pixels = torch.as_tensor(loader())
+        if pixels.ndim == 2:
+            pixels = pixels[..., None].expand(-1, -1, 3)
+        return pixels[..., :3].permute(2, 0, 1).float() / 255
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(load_rgb(image_file)).float() / 255
+
+
 @TRIGGERS.register("blended")
 class Blended(Trigger):
     name = "blended"
@@ -38,10 +58,7 @@ class Blended(Trigger):
             raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
         self.alpha, size = float(alpha), int(image_size)
         if image_file:
-            from torchvision.transforms.functional import pil_to_tensor
-
-            pixels = pil_to_tensor(load_rgb(image_file)).float() / 255
-            self.pattern = resize_pattern(pixels, size, size)
+            self.pattern = resize_pattern(load_pattern(image_file), size, size)
         else:
             self.pattern = torch.rand((3, size, size), generator=seeded_generator(seed))
 
