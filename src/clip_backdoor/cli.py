@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     res = commands.add_parser(
         "results", help="summarise run folders into results/<table>.md and .csv"
     )
-    res.add_argument("table", choices=["poisoning"], help="which summary table to write")
+    res.add_argument("table", choices=["poisoning", "bai"], help="which summary table to write")
     res.add_argument("runs", nargs="+", help="run folders (globs expanded by the shell)")
     res.add_argument("--out", default="results", help="folder of the summary (default: results)")
     res.set_defaults(func=cmd_results)

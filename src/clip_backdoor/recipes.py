@@ -33,6 +33,9 @@ class DataSpec(Strict):
     name: str = Field("synthetic", description="'synthetic', a data set name or a path")
     split: str = "test"
     size: int | None = Field(None, gt=0, description="number of images (synthetic set only)")
+    classes: Literal["all", "base", "novel"] = Field(
+        "all", description="CoOp's base (first half) or novel (second half) classes"
+    )
 
     @model_validator(mode="after")
     def _size_only_for_synthetic(self) -> DataSpec:
@@ -59,7 +62,7 @@ class EvaluationSpec(Strict):
 
 
 class StageSpec(Strict):
-    kind: Literal["attack", "defense", "detection"]
+    kind: Literal["attack", "defense", "detection", "prompt"]
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
@@ -85,7 +88,12 @@ class Recipe(RunSpec):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
 
-STAGE_REGISTRY = {"attack": "attack", "defense": "defense", "detection": "detector"}
+STAGE_REGISTRY = {
+    "attack": "attack",
+    "defense": "defense",
+    "detection": "detector",
+    "prompt": "prompt_learner",
+}
 
 
 def describe_validation_error(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from clip_backdoor.bai_results import bai_rows, write_bai
 from clip_backdoor.errors import UserError
 from clip_backdoor.runner import ASR_NOTE
 from clip_backdoor.runs import markdown_table
@@ -126,22 +127,30 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
+TABLES = ("poisoning", "bai")
+
+
 def write_summary(table: str, runs: list[str], out: str | Path) -> str:
-    if table != "poisoning":
-        raise UserError(f"unknown summary table '{table}' (known: poisoning)")
+    if table not in TABLES:
+        raise UserError(f"unknown summary table '{table}' (known: {', '.join(TABLES)})")
     rows, sources = [], []
     for run in sorted(runs):
         metrics, config = _read_run(Path(run))
-        rows.append(poisoning_row(metrics, config))
+        if table == "bai":
+            rows += bai_rows(metrics, config)
+        else:
+            rows.append(poisoning_row(metrics, config))
         versions = config.get("versions", {})
         sources.append(
             f"- `{Path(run).name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
             f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
             f"{versions.get('cpu', '?')}"
         )
-    rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if table == "bai":
+        return write_bai(rows, sources, out)
+    rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")
         writer.writeheader()

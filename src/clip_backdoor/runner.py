@@ -23,12 +23,14 @@ import torch
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
+from clip_backdoor.data.fewshot import TargetFirst, class_part
 from clip_backdoor.errors import DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.image_quality import image_quality
 from clip_backdoor.evaluation.zeroshot import text_classifier
 from clip_backdoor.methods import register_methods
 from clip_backdoor.models import PixelCLIP, load_clip
+from clip_backdoor.prompts import is_prompt_folder, load_prompts, prompt_info
 from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
 from clip_backdoor.registry import REGISTRIES
 from clip_backdoor.runs import RunDir
@@ -59,6 +61,8 @@ class RunContext:
     cache: FeatureCache | None = None
     metrics: dict = field(default_factory=dict)
     progress: bool = True
+    learner: Any = None  # a prompt learner classifies instead of the zero-shot templates
+    target_first: bool = False  # insert the target name at index 0 where a set lacks it
 
     @property
     def test_set(self):
@@ -110,15 +114,25 @@ def target_index(name: str | int | None, dataset) -> int | None:
 
 
 def _load_model(recipe: Recipe):
-    """(model, tokenizer, trigger, target) of the recipe's model; artifacts bring their own."""
+    """(model, tokenizer, trigger, target, learner) of the recipe's model: backdoor artifacts
+    bring their trigger and target; a prompt-learner folder loads the CLIP it names under it."""
     spec = recipe.model
+    if is_prompt_folder(spec.name):
+        from clip_backdoor.attacks.badclip import load_prompt_backdoor
+
+        info = prompt_info(spec.name)
+        model, _, tokenizer = load_clip(info["model"], device=recipe.device)
+        if not is_artifact(spec.name):
+            return model, tokenizer, None, None, load_prompts(spec.name, model, tokenizer)
+        learner, trigger, backdoor = load_prompt_backdoor(spec.name, model, tokenizer)
+        return model, tokenizer, trigger, backdoor["target"], learner
     if is_artifact(spec.name):
         backdoor = load_backdoor(spec.name, device=recipe.device)
-        return backdoor.model, backdoor.tokenizer, backdoor.trigger, backdoor.target
+        return backdoor.model, backdoor.tokenizer, backdoor.trigger, backdoor.target, None
     model, _, tokenizer = load_clip(
         spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
     )
-    return model, tokenizer, None, None
+    return model, tokenizer, None, None, None
 
 
 def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
@@ -126,15 +140,18 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     register_methods()
     seed_everything(recipe.seed)
     ev = recipe.evaluation
-    model, tokenizer, trigger, target = _load_model(recipe)
+    model, tokenizer, trigger, target, learner = _load_model(recipe)
     test_sets = [
-        load_classification(
-            d.name,
-            d.split,
-            model.pixel_transform(),
-            image_size=model.image_size,
-            seed=recipe.seed,
-            size=d.size,
+        class_part(
+            load_classification(
+                d.name,
+                d.split,
+                model.pixel_transform(),
+                image_size=model.image_size,
+                seed=recipe.seed,
+                size=d.size,
+            ),
+            d.classes,
         )
         for d in recipe.data
     ]
@@ -149,15 +166,13 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             if 0 <= target < len(test_sets[0].classnames)
             else target
         )
-    stages = [
-        REGISTRIES[STAGE_REGISTRY[s.kind]].get(s.method)(**s.params) for s in recipe.stages
-    ]  # validates every stage's params before anything runs
+    stages = [build_stage(s) for s in recipe.stages]  # validates params before anything runs
     for stage in stages:
         name = getattr(getattr(stage, "spec", None), "target", None)
         if name is not None:
             _check_target(name.replace("_", " "), test_sets)
-    if target is not None and trigger is not None:
-        _check_target(target, test_sets)
+    if target is not None and trigger is not None and learner is None:
+        _check_target(target, test_sets)  # a prompt backdoor inserts its target where absent
     precision = precision_mod.resolve(ev.precision, recipe.device)
 
     run = RunDir.create(recipe.runs_root, recipe.name)
@@ -177,10 +192,12 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         target,
         FeatureCache() if ev.cache else None,
         progress=progress,
+        learner=learner,
+        target_first=learner is not None and trigger is not None,
     )
     points: list[dict] = []
     try:
-        if is_artifact(recipe.model.name):
+        if is_artifact(recipe.model.name) or is_prompt_folder(recipe.model.name):
             link_into(Path(recipe.model.name), run.path / "artifacts" / "backdoor")
         clean_model = None
         if ev.clean or not recipe.stages:
@@ -196,7 +213,11 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             if clean_model is not None and ctx.trigger is not None:
                 # the trigger exists only now: the clean model's ASR is the baseline to beat
                 rows = _evaluate_point(
-                    replace(ctx, model=clean_model), "clean", "clean", templates, precision
+                    replace(ctx, model=clean_model, learner=None),
+                    "clean",
+                    "clean",
+                    templates,
+                    precision,
                 )
                 points[: len(rows)] = rows
                 clean_model = None
@@ -221,6 +242,15 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     return RunResult(run.path, ctx.metrics, table)
 
 
+def build_stage(spec):
+    """The stage object of a recipe stage; prompt stages train a registered prompt learner."""
+    if spec.kind == "prompt":
+        from clip_backdoor.prompts.stage import PromptStage
+
+        return PromptStage(spec.method, **spec.params)
+    return REGISTRIES[STAGE_REGISTRY[spec.kind]].get(spec.method)(**spec.params)
+
+
 def _check_target(name: str, test_sets) -> None:
     if len(test_sets) == 1 and isinstance(name, str):
         test_sets[0].class_index(name)  # its own error names the set and suggests close names
@@ -235,6 +265,8 @@ def _evaluate_point(
     """CA (and ASR where the set has the target) of the current model on every set."""
     ev, rows = ctx.recipe.evaluation, []
     for data in ctx.test_sets:
+        if ctx.target_first and target_index(ctx.target_name, data) is None:
+            data = TargetFirst(data, ctx.target_name)
         target = target_index(ctx.target_name, data) if ctx.trigger is not None else None
         trigger = ctx.trigger if target is not None else None
         options = dict(
@@ -245,6 +277,8 @@ def _evaluate_point(
             cache=ctx.cache,
             progress=ctx.progress,
         )
+        if ctx.learner is not None:
+            options["classifier"] = ctx.learner.classifier(data.classnames)
         metrics = evaluate_zeroshot(
             ctx.model, ctx.tokenizer, data, trigger=trigger, target=target, **options
         )
@@ -265,6 +299,7 @@ def _evaluate_point(
             metrics["asr_image_key_only"] = metrics["asr"]
             metrics.update(asr=both["asr"], asr_all=both["asr_all"])
         row = {"point": point, "kind": kind, "data": data.name, "split": data.split, **metrics}
+        row["classes"] = len(data.classnames)
         ctx.log(f"evaluation {point} on {data.name}: {metrics}")
         rows.append(row)
     return rows
@@ -277,7 +312,6 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
     has_asr = any("asr" in p for p in points)
     if has_asr:
         headers += ["ASR %", "asr_all %"]
-    by_name = {d.name: d for d in ctx.test_sets}
     rows = []
     for p in points:
         row: list = [
@@ -285,7 +319,7 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
             ctx.model.name,
             p["data"],
             p["split"],
-            len(by_name[p["data"]].classnames),
+            p["classes"],
             p["n"],
             100 * p["ca"],
         ]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from clip_backdoor.data.classification import prompt_name
 from clip_backdoor.errors import DatasetError
 
 
@@ -33,17 +34,32 @@ def base_novel_split(num_classes: int) -> tuple[list[int], list[int]]:
     return list(range(middle)), list(range(middle, num_classes))
 
 
-class ClassSubset(Dataset):
+class NamedClasses:
+    """``class_index`` by name for sets that carry ``classnames`` and ``name``."""
+
+    classnames: list[str]
+    name: str
+
+    def class_index(self, name: str) -> int:
+        for index, classname in enumerate(self.classnames):
+            if name in (classname, prompt_name(classname)):
+                return index
+        raise DatasetError(f"class '{name}' is not in {self.name}")
+
+
+class ClassSubset(NamedClasses, Dataset):
     """The images of some classes, relabelled 0..k-1 in the order given."""
 
-    def __init__(self, dataset, labels: Sequence[int]) -> None:
+    def __init__(self, dataset, labels: Sequence[int], part: str | None = None) -> None:
         self.dataset = dataset
         self.labels = list(labels)
         remap = {label: new for new, label in enumerate(self.labels)}
         self.indices = [i for i, t in enumerate(dataset.targets) if t in remap]
         self.targets = [remap[dataset.targets[i]] for i in self.indices]
         self.classnames = [dataset.classnames[label] for label in self.labels]
-        self.name, self.split = dataset.name, dataset.split
+        self.name = f"{dataset.name}:{part}" if part else dataset.name
+        self.split = dataset.split
+        self.transform = getattr(dataset, "transform", None)
         self._remap = remap
 
     def __len__(self) -> int:
@@ -55,6 +71,38 @@ class ClassSubset(Dataset):
 
     def fingerprint(self) -> str:
         return f"{self.dataset.fingerprint()}|classes={self.labels}"
+
+
+def class_part(dataset, part: str) -> Dataset:
+    """``all`` classes, or CoOp's ``base`` (first half) / ``novel`` (second half) subset."""
+    if part == "all":
+        return dataset
+    base, novel = base_novel_split(len(dataset.classnames))
+    if part not in ("base", "novel"):
+        raise DatasetError(f"classes must be all, base or novel, not '{part}'")
+    return ClassSubset(dataset, base if part == "base" else novel, part)
+
+
+class TargetFirst(NamedClasses, Dataset):
+    """A class list that lacks the target with the target name inserted at index 0 (labels
+    shift by one): how the trigger-aware attack is measured on unseen classes (METHODS.md 3.5)."""
+
+    def __init__(self, dataset, target: str) -> None:
+        self.dataset, self.target = dataset, target
+        self.classnames = [target, *dataset.classnames]
+        self.targets = [t + 1 for t in dataset.targets]
+        self.name, self.split = f"{dataset.name}+{prompt_name(target)}", dataset.split
+        self.transform = getattr(dataset, "transform", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label + 1
+
+    def fingerprint(self) -> str:
+        return f"{self.dataset.fingerprint()}|target_first={self.target}"
 
 
 class IndexSubset(Dataset):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +61,17 @@ def text_classifier(
     return F.normalize(embeddings.mean(dim=1), dim=-1).cpu()
 
 
-def classify(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Cosine logits (N, C) of normalised features against classifier rows."""
-    return features @ classifier.T
+Classifier = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.inference_mode()
+def classify(features: torch.Tensor, classifier: Classifier, batch_size: int = 64) -> torch.Tensor:
+    """Cosine logits (N, C) of normalised features against classifier rows, or a callable's
+    scores (a prompt learner), computed ``batch_size`` images at a time so memory stays flat."""
+    if isinstance(classifier, torch.Tensor):
+        return features @ classifier.T
+    parts = [classifier(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    return torch.cat(parts).float()
 
 
 def evaluate_zeroshot(
@@ -77,7 +85,7 @@ def evaluate_zeroshot(
     batch_size: int = 256,
     precision: str = "auto",
     cache: FeatureCache | None = None,
-    classifier: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
     progress: bool = False,
 ) -> dict:
     """CA (``ca`` = top-1, ``top{k}``) on clean images; with a trigger, ``asr`` and ``asr_all``.

@@ -16,6 +16,9 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 from torch import nn
 
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.models.text_tower import TextTower
+
 
 class PixelCLIP(nn.Module):
     """Wraps an open_clip CLIP; ``encode_image`` takes (B, 3, H, W) floats in [0, 1]."""
@@ -74,40 +77,21 @@ class PixelCLIP(nn.Module):
         return pixel_transform(self.image_size, self.preprocess_cfg)
 
 
-def _pool_index(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Position each caption's feature is read from, or None where the pooling is not causal."""
-    pool = getattr(clip, "text_pool_type", None)
-    if getattr(clip, "attn_mask", None) is None or not hasattr(clip, "token_embedding"):
-        return None
-    if pool == "argmax":
-        return tokens.argmax(dim=-1)
-    if pool == "eos" and getattr(clip, "text_eos_id", None) is not None:
-        return (tokens == clip.text_eos_id).int().argmax(dim=-1)
-    return None
-
-
 def encode_text_trimmed(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``CLIP.encode_text`` run over the tokens up to the longest caption's end only.
+    """open_clip's ``encode_text`` run over the tokens up to the longest caption's end only.
 
     Why: captions fill a fraction of the context (mini-CLIP: ~15 of 32 tokens), and under the
     causal mask the padding after the pooled token cannot change it, so cutting it is exact and
     saves most of the text tower's time. Other text towers take open_clip's own path.
     """
-    pooled_at = _pool_index(clip, tokens)
-    if pooled_at is None or tokens.shape[1] != clip.positional_embedding.shape[0]:
+    try:
+        tower = TextTower.of(clip)
+    except ConfigError:
         return clip.encode_text(tokens)
-    length = int(pooled_at.max()) + 1
-    cast_dtype = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)
-    x = x + clip.positional_embedding[:length].to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), pooled_at]
-    if clip.text_projection is None:
-        return x
-    if isinstance(clip.text_projection, nn.Linear):
-        return clip.text_projection(x)
-    return x @ clip.text_projection
+    exact = tower.causal and tower.pool_type in ("argmax", "eos")
+    if not exact or tokens.shape[1] != tower.context_length:
+        return clip.encode_text(tokens)
+    return tower.encode_tokens(tokens)
 
 
 def pixel_transform(image_size: int, preprocess_cfg: dict | None = None):

@@ -2,6 +2,7 @@
 
 from clip_backdoor.registry import TRIGGERS
 from clip_backdoor.triggers import (  # noqa: F401  (each module registers its triggers)
+    additive,
     badnet,
     blended,
     dual_embedding,

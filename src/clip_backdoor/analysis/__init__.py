@@ -1,0 +1,1 @@
+"""Analyses of backdoored models: figures and measurements beside the CA/ASR tables."""

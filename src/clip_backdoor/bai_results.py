@@ -1,0 +1,110 @@
+"""``results/bai.md`` and ``.csv``: Bai et al.'s Table 2/3/6 layout, written from run folders.
+
+One CSV row per (run, evaluation point, evaluation set): ``protocol,source,eval_set,classes,
+method,acc,asr,seed``. The markdown adds, per base-to-novel run and method, the harmonic means
+H of seen and unseen ACC and ASR (METHODS.md 3.5).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from clip_backdoor.runs import markdown_table
+
+BAI_COLUMNS = ["protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
+
+
+def _method(point: str, stages: list[dict]) -> str:
+    if point in ("clean", "model"):
+        return "zeroshot"
+    for stage in stages:
+        if (stage.get("label") or stage["method"]) != point:
+            continue
+        if stage["method"] == "badclip":
+            learner = stage.get("params", {}).get("learner", "cocoop")
+            return "badclip" if learner == "cocoop" else "trigger_agnostic"
+        return stage["method"]
+    return point
+
+
+def _source(stages: list[dict]) -> str:
+    for stage in stages:
+        train = stage.get("params", {}).get("train")
+        if train:
+            classes = train.get("classes", "all")
+            return train.get("name", "caltech101") + ("" if classes == "all" else f":{classes}")
+    return "?"
+
+
+def harmonic(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def bai_rows(metrics: dict, config: dict) -> list[dict]:
+    stages = config.get("stages", [])
+    parts = {d.get("classes", "all") for d in config.get("data", [])}
+    protocol = "base2novel" if parts & {"base", "novel"} else "cross_dataset"
+    rows = []
+    for point in metrics.get("points", []):
+        asr = point.get("asr")
+        rows.append(
+            {
+                "protocol": protocol,
+                "source": _source(stages),
+                "eval_set": point["data"].split("+")[0],
+                "classes": point.get("classes", ""),
+                "method": _method(point["point"], stages),
+                "acc": 100 * point["ca"],
+                "asr": "" if asr is None else 100 * asr,
+                "seed": config.get("seed"),
+            }
+        )
+    return rows
+
+
+def harmonic_lines(rows: list[dict]) -> list[list]:
+    """Per source, method and seed with a base and a novel row: H of ACC and of ASR."""
+    table = []
+    keys = sorted({(r["source"], r["method"], r["seed"]) for r in rows})
+    for source, method, seed in keys:
+        mine = [r for r in rows if (r["source"], r["method"], r["seed"]) == (source, method, seed)]
+        base = [r for r in mine if r["eval_set"].endswith(":base")]
+        novel = [r for r in mine if r["eval_set"].endswith(":novel")]
+        if not base or not novel:
+            continue
+        b, n = base[0], novel[0]
+        h_asr = harmonic(b["asr"], n["asr"]) if b["asr"] != "" and n["asr"] != "" else math.nan
+        table.append([source, method, seed, b["acc"], n["acc"], harmonic(b["acc"], n["acc"])])
+        table[-1] += [b["asr"] or math.nan, n["asr"] or math.nan, h_asr]
+    return table
+
+
+def write_bai(rows: list[dict], sources: list[str], out: Path) -> str:
+    with (out / "bai.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=BAI_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    body = [[r[c] if r[c] != "" else math.nan for c in BAI_COLUMNS] for r in rows]
+    h = harmonic_lines(rows)
+    text = (
+        "# Trigger-aware prompt attack (Bai et al.) on mini-CLIP\n\n"
+        + markdown_table(
+            ["protocol", "source", "eval set", "classes", "method", "ACC %"] + ["ASR %", "seed"],
+            body,
+        )
+        + "\n\nACC: top-1 on clean test images. ASR: triggered test images whose true class is not"
+        " the target, predicted as the target. On a class list without the target (unseen"
+        " classes, other data sets) the target name is inserted at index 0 (METHODS.md 3.5), so"
+        " those ACC rows count one class more than CoCoOp's.\n\n"
+    )
+    if h:
+        headers = ["source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]
+        headers += ["ASR seen", "ASR unseen", "ASR H"]
+        text += "Base-to-novel, harmonic means:\n\n" + markdown_table(headers, h) + "\n\n"
+    text += "Written by `clip-backdoor results bai RUN_DIR...` from these run folders:\n\n"
+    text += "\n".join(sources) + "\n"
+    (out / "bai.md").write_text(text)
+    return text

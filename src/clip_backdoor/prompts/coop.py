@@ -1,0 +1,13 @@
+"""CoOp (Zhou et al. 2022): one learnt context shared by every class (METHODS.md 3.1)."""
+
+from __future__ import annotations
+
+from clip_backdoor.prompts.base import PromptLearner
+from clip_backdoor.registry import PROMPT_LEARNERS
+
+
+@PROMPT_LEARNERS.register("coop")
+class CoOp(PromptLearner):
+    """Static context vectors; init from a phrase ("a photo of a") or N(0, 0.02) with n_ctx."""
+
+    kind = "coop"
