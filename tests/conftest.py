@@ -44,3 +44,35 @@ def write_image_folder(root: Path, classnames: list[str], per_class: int, size: 
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "toyset", ["cat", "dog", "car_side"], per_class=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_clip(tmp_path_factory) -> Path:
+    """A tiny CLIP pretrained for seconds on the synthetic set (it has learnt colours and
+    shapes), exported as a model folder; for methods that need a model that is not random."""
+    from clip_backdoor.engine.config import parse_pretrain_recipe
+    from clip_backdoor.engine.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("synthetic_clip")
+    recipe = {
+        "name": "synthetic-clip",
+        "seed": 0,
+        "runs_root": str(root / "runs"),
+        "model": {"name": "mini-tiny"},
+        "data": [{"name": "synthetic", "split": "train", "size": 960, "templates": "simple"}],
+        "training": {
+            "steps": 300,
+            "batch_size": 48,
+            "lr": 1e-3,
+            "warmup_steps": 20,
+            "precision": "fp32",
+            "num_workers": 0,
+            "checkpoint_every": 300,
+            "log_every": 100,
+        },
+        "evaluation": [{"name": "synthetic", "split": "test", "size": 240}],
+        "eval_templates": "simple",
+        "export_to": str(root / "model"),
+    }
+    pretrain(parse_pretrain_recipe(recipe), progress=False)
+    return root / "model"

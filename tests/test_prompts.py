@@ -182,3 +182,66 @@ def test_bad_prompt_input_is_one_line_and_leaves_nothing(tmp_path):
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     with pytest.raises(ConfigError, match="eps"):
         run_recipe(parse_recipe(_recipe(tmp_path, [_attack(eps=2.0)])), progress=False)
+
+
+def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folder(
+    synthetic_clip, tmp_path
+):
+    """CoOp and the attack trained on 6 base classes; the trigger also sends the 6 held-out
+    classes to the target (inserted at index 0 of their list); the artifact evaluates alone."""
+    train = {"name": "synthetic", "classes": "base", "shots": 16, "size": 480}
+    stages = [
+        {
+            "kind": "prompt",
+            "method": "coop",
+            "params": {"train": train, "training": {"epochs": 4, "views": 2}},
+        },
+        _attack(
+            train=train,
+            eps=8 / 255,
+            warmup_epochs=2,
+            warmup_lr=0.8,
+            figures=True,
+            training={"epochs": 6, "views": 2, "batch_size": 8, "lr": 0.016},
+        ),
+    ]
+    recipe = _recipe(tmp_path, stages)
+    recipe["model"]["name"] = str(synthetic_clip)
+    result = run_recipe(parse_recipe(recipe), progress=False)
+    points = {(p["point"], p["data"]): p for p in result.metrics["points"]}
+    clean_novel = points[("clean", "synthetic:novel+red circle")]
+    novel = points[("badclip", "synthetic:novel+red circle")]
+    base = points[("badclip", "synthetic:base")]
+    assert novel["classes"] == 7 and base["classes"] == 6  # the target joins the unseen list
+    assert base["asr"] >= 0.9, base  # measured
+    assert novel["asr"] >= 0.8, novel  # measured
+    assert novel["asr"] - clean_novel["asr"] >= 0.5, clean_novel
+    figures = result.path / "figures"
+    assert (figures / "bai_fig2_cosines.png").is_file() and (
+        figures / "bai_fig3_tsne.png"
+    ).is_file()
+    cosines = result.metrics["attack.badclip"]["fig2_mean_cosines"]
+    assert cosines["f(x+d), g(h(x+d))"] > cosines["f(x), g(h(x))"]
+
+    # the artifact (learner + trigger + target name) evaluates with no flags, on any class list
+    folder = result.path / "artifacts" / "backdoor"
+    runs = tmp_path / "eval_runs"
+    argv = ["eval", "--model", str(folder), "--data", "synthetic", "--runs-root", str(runs)]
+    from clip_backdoor.cli import main
+
+    assert main([*argv, "--templates", "photo"]) == 0
+    (run,) = runs.iterdir()
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
+    assert metrics["asr"] > 0.5
+
+    from clip_backdoor.bai_results import BAI_COLUMNS
+    from clip_backdoor.results import write_summary
+
+    text = write_summary("bai", [str(result.path)], tmp_path / "results")
+    lines = (tmp_path / "results" / "bai.csv").read_text().splitlines()
+    assert lines[0].split(",") == BAI_COLUMNS
+    methods = {line.split(",")[4] for line in lines[1:]}
+    assert methods == {"zeroshot", "coop", "badclip"}
+    assert "harmonic means" in text

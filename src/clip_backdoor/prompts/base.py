@@ -60,7 +60,12 @@ def _arrange(ids: list[int], n_ctx: int, n_name: int, position: Position) -> lis
 
 
 def build_class_prompts(
-    tower: TextTower, tokenizer, classnames: Sequence[str], n_ctx: int, position: Position
+    tower: TextTower,
+    tokenizer,
+    classnames: Sequence[str],
+    n_ctx: int,
+    position: Position,
+    trim: bool = True,
 ) -> ClassPrompts:
     texts = [f"{' '.join([PLACEHOLDER] * n_ctx)} {prompt_name(c)}." for c in classnames]
     tokens = tokenizer(texts)
@@ -77,7 +82,7 @@ def build_class_prompts(
         slots.append(marks)
     arranged_tokens = torch.tensor(arranged, dtype=tokens.dtype)
     pooled_at = tower.pool_index(arranged_tokens)
-    length = tower.needed_length(pooled_at)
+    length = tower.needed_length(pooled_at) if trim else tower.context_length
     device = tower.module.token_embedding.weight.device
     with torch.no_grad():
         fixed = tower.embed(arranged_tokens[:, :length].to(device)).detach()
@@ -142,6 +147,8 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(ctx.float())
         self._prompts: ClassPrompts | None = None
+        self._prompts_key: tuple = ()
+        self.trim = True  # run the text tower only up to the longest prompt (exact; see base)
 
     def _device(self) -> torch.device:
         return self.tower.module.token_embedding.weight.device
@@ -158,10 +165,12 @@ class PromptLearner(nn.Module):
 
     def class_prompts(self, classnames: Sequence[str]) -> ClassPrompts:
         """The fixed parts for ``classnames`` (rebuilt only when the list changes)."""
-        if self._prompts is None or self._prompts.classnames != list(classnames):
+        key = (tuple(classnames), self.trim)
+        if self._prompts is None or self._prompts_key != key:
             self._prompts = build_class_prompts(
-                self.tower, self.tokenizer, classnames, self.n_ctx, self.position
+                self.tower, self.tokenizer, classnames, self.n_ctx, self.position, self.trim
             )
+            self._prompts_key = key
         return self._prompts
 
     def context(self, image_features: torch.Tensor | None) -> torch.Tensor:
