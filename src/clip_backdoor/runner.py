@@ -121,7 +121,7 @@ def _load_model(recipe: Recipe):
         from clip_backdoor.attacks.badclip import load_prompt_backdoor
 
         info = prompt_info(spec.name)
-        model, _, tokenizer = load_clip(info["model"], device=recipe.device)
+        model, _, tokenizer = load_clip(info["model"], info.get("pretrained"), device=recipe.device)
         if not is_artifact(spec.name):
             return model, tokenizer, None, None, load_prompts(spec.name, model, tokenizer)
         learner, trigger, backdoor = load_prompt_backdoor(spec.name, model, tokenizer)

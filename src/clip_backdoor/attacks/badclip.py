@@ -119,7 +119,7 @@ class BadCLIP:
             ctx.log,
             ctx.progress,
         )
-        return learner, trigger, {**info, "config": self.spec.model_dump()}
+        return learner, trigger, {**info, **model_reference(ctx), "config": self.spec.model_dump()}
 
 
 def train_badclip(
@@ -221,8 +221,16 @@ def train_badclip(
     return learner, trigger, info
 
 
+def model_reference(ctx) -> dict:
+    """How to load the frozen CLIP again: its recipe name (a folder as an absolute path)."""
+    spec = ctx.recipe.model
+    name = str(Path(spec.name).resolve()) if Path(spec.name).exists() else spec.name
+    return {"model": name, "pretrained": spec.pretrained}
+
+
 def save_prompt_backdoor(folder: Path, learner: PromptLearner, trigger, info: dict) -> None:
-    save_prompts(learner, folder, {"model": info["model"], "classnames": info["classnames"]})
+    keep = ("model", "pretrained", "classnames")
+    save_prompts(learner, folder, {k: info.get(k) for k in keep})
     save_trigger(trigger, folder)
     (folder / BACKDOOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -65,7 +65,9 @@ class PromptStage:
                 log=ctx.log,
                 progress=ctx.progress,
             )
-            info = {"model": ctx.model.name, "classnames": shots.classnames, "losses": losses}
+            from clip_backdoor.attacks.badclip import model_reference
+
+            info = {**model_reference(ctx), "classnames": shots.classnames, "losses": losses}
             write_folder(folder, lambda tmp: save_prompts(learner, tmp, info))
         link_into(folder, Path(ctx.run.path) / "artifacts" / f"prompt_{self.method}")
         ctx.learner = learner
