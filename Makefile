@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/zeroshot_throughput.py
 	$(BIN)/python benchmarks/pretrain_throughput.py
 	$(BIN)/python benchmarks/poisoning_throughput.py
+	$(BIN)/python benchmarks/prompt_learning.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
