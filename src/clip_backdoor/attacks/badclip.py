@@ -139,7 +139,7 @@ def train_badclip(
     """
     model.requires_grad_(False)
     learner = get_learner(spec.learner)(
-        model, tokenizer, spec.n_ctx, spec.init, spec.position, seed
+        model, tokenizer, n_ctx=spec.n_ctx, init=spec.init, position=spec.position, seed=seed
     )
     device = next(model.parameters()).device
     precision = precision_mod.resolve(spec.training.precision, device)

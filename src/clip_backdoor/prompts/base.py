@@ -121,6 +121,7 @@ class PromptLearner(nn.Module):
         self,
         model: PixelCLIP,
         tokenizer,
+        *,
         n_ctx: int = 4,
         init: str | None = "a photo of a",
         position: Position = "end",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from clip_backdoor.models.pixel_clip import PixelCLIP
-from clip_backdoor.prompts.base import Position, PromptLearner
+from clip_backdoor.prompts.base import PromptLearner
 from clip_backdoor.registry import PROMPT_LEARNERS
 
 
@@ -18,16 +18,10 @@ from clip_backdoor.registry import PROMPT_LEARNERS
 class CoCoOp(PromptLearner):
     kind = "cocoop"
 
-    def __init__(
-        self,
-        model: PixelCLIP,
-        tokenizer,
-        n_ctx: int = 4,
-        init: str | None = "a photo of a",
-        position: Position = "end",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(model, tokenizer, n_ctx, init, position, seed)
+    def __init__(self, model: PixelCLIP, tokenizer, **options) -> None:
+        """``options`` as ``PromptLearner``'s; ``seed`` also seeds the meta-net's init."""
+        super().__init__(model, tokenizer, **options)
+        seed = options.get("seed", 0)
         vis_dim = int(model.model_cfg["embed_dim"])  # the image feature h is fed
         hidden = max(1, vis_dim // 16)
         with torch.random.fork_rng(devices=[]):

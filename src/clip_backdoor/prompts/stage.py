@@ -48,7 +48,12 @@ class PromptStage:
             losses = json.loads((folder / "prompt.json").read_text()).get("losses", [])
         else:
             learner = get(self.method)(
-                ctx.model, ctx.tokenizer, spec.n_ctx, spec.init, spec.position, seed
+                ctx.model,
+                ctx.tokenizer,
+                n_ctx=spec.n_ctx,
+                init=spec.init,
+                position=spec.position,
+                seed=seed,
             )
             ctx.log(
                 f"{self.method}: {len(shots.images)} images, {len(shots.classnames)} classes of "
