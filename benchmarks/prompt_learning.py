@@ -99,13 +99,14 @@ def main() -> None:
     print(f"  (encoding 2 views once: {encode_s:.1f} s, paid once for all epochs)")
 
     cocoop = get("cocoop")(model, tokenizer)
-    features = table[:8, 0]
+    features = table[:8, 0].clone()  # out of inference mode: the step backpropagates
     batch_labels = labels[:8]
     trimmed, full = [], []
     for _ in range(args.repeats):
         trimmed.append(cocoop_step(model, cocoop, features, batch_labels, trim=True))
         full.append(cocoop_step(model, cocoop, features, batch_labels, trim=False))
     t, f = statistics.median(trimmed), statistics.median(full)
+    cocoop.trim = True
     length = cocoop.class_prompts(CLASSES).fixed.shape[1]
     cocoop.trim = False
     context = cocoop.class_prompts(CLASSES).fixed.shape[1]

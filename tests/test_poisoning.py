@@ -11,7 +11,7 @@ import torch
 from clip_backdoor.artifacts import load_backdoor
 from clip_backdoor.attacks.pps import pps_select
 from clip_backdoor.cli import main
-from clip_backdoor.errors import ConfigError, DatasetError, ModelLoadError
+from clip_backdoor.errors import ConfigError, DatasetError, ModelLoadError, UserError
 from clip_backdoor.evaluation import evaluate_zeroshot
 from clip_backdoor.recipes import parse_recipe
 from clip_backdoor.runner import run_recipe
@@ -138,6 +138,17 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     assert row["trigger"] == "badnet" and row["poisoned_pairs"] == "48" and row["seed"] == "0"
     assert float(row["asr"]) == pytest.approx(100 * attacked["asr"], abs=1e-3)
     assert result.path.name in text and "ASR: triggered test images" in text
+
+    # the ledger keeps a run whose folder is gone; --fresh forgets it
+    moved = tmp_path / "elsewhere"
+    result.path.rename(moved)
+    again = write_summary("poisoning", [], tmp_path / "results")
+    assert again == text
+    with pytest.raises(UserError, match="not a finished run folder"):
+        write_summary("poisoning", [str(result.path)], tmp_path / "results")
+    assert (tmp_path / "results" / "poisoning.md").read_text() == text  # nothing half-written
+    with pytest.raises(UserError, match="no runs to summarise"):
+        write_summary("poisoning", [], tmp_path / "results", fresh=True)
 
     # eval of the artifact needs no trigger or target flags
     runs = tmp_path / "eval_runs"

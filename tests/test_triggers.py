@@ -94,6 +94,19 @@ def test_blended_mixes_with_alpha_and_sig_is_a_sinusoid():
     assert abs(float(sig.max()) - (0.5 + 60 / 255)) < 1e-3
 
 
+def test_blended_coarse_noise_is_constant_in_cells():
+    coarse = triggers.get("blended")(image_size=32, noise_size=8, seed=3)
+    cells = coarse.pattern.unfold(1, 4, 4).unfold(2, 4, 4)  # (3, 8, 8, 4, 4): one 4-px cell each
+    assert torch.equal(cells, cells[..., :1, :1].expand_as(cells))
+    assert len(coarse.pattern.unique()) == 3 * 8 * 8  # every cell its own draw
+    pixel = triggers.get("blended")(image_size=32, seed=3)
+    assert torch.equal(
+        pixel.pattern, triggers.get("blended")(image_size=32, noise_size=32, seed=3).pattern
+    )
+    with pytest.raises(ConfigError, match="noise_size must be in 1..32"):
+        triggers.get("blended")(image_size=32, noise_size=64)
+
+
 def test_blended_image_pattern_from_scikit_image():
     cat = triggers.get("blended")(image_size=32, image_file="skimage:chelsea")
     assert cat.pattern.shape == (3, 32, 32) and float(cat.pattern.min()) >= 0

@@ -104,7 +104,8 @@ def write_bai(rows: list[dict], sources: list[str], out: Path) -> str:
         headers = ["source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]
         headers += ["ASR seen", "ASR unseen", "ASR H"]
         text += "Base-to-novel, harmonic means:\n\n" + markdown_table(headers, h) + "\n\n"
-    text += "Written by `clip-backdoor results bai RUN_DIR...` from these run folders:\n\n"
+    text += "Written by `clip-backdoor results bai RUN_DIR...` from these run folders "
+    text += "(each recorded in `bai_runs.json`):\n\n"
     text += "\n".join(sources) + "\n"
     (out / "bai.md").write_text(text)
     return text

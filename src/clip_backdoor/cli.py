@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from clip_backdoor.results import write_summary
 
-    print(write_summary(args.table, args.runs, args.out))
+    print(write_summary(args.table, args.runs, args.out, fresh=args.fresh))
     return 0
 
 
@@ -116,8 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="summarise run folders into results/<table>.md and .csv"
     )
     res.add_argument("table", choices=["poisoning", "bai"], help="which summary table to write")
-    res.add_argument("runs", nargs="+", help="run folders (globs expanded by the shell)")
+    res.add_argument(
+        "runs",
+        nargs="*",
+        help="run folders to add (globs expanded by the shell); runs recorded earlier in "
+        "OUT/<table>_runs.json are kept, so their folders need not exist any more",
+    )
     res.add_argument("--out", default="results", help="folder of the summary (default: results)")
+    res.add_argument("--fresh", action="store_true", help="forget the runs recorded earlier in OUT")
     res.set_defaults(func=cmd_results)
 
     ev = commands.add_parser(

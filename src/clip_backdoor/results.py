@@ -1,6 +1,10 @@
 """Summary tables in ``results/``, written from run folders (never typed in by hand).
 
 Each table names the recipes and the commits that produced its rows, so anyone can re-run them.
+Run folders are git-ignored and die with the machine, so every summarised run also leaves a
+record (its rows and where they came from) in ``results/<table>_runs.json``: a later call adds or
+replaces runs in that ledger and rewrites the table from all of it, so rows measured in earlier
+sessions are kept without their folders. ``--fresh`` starts the ledger over.
 """
 
 from __future__ import annotations
@@ -80,10 +84,14 @@ def _attack_params(config: dict) -> dict:
 
 
 def trigger_label(name: str, config: dict) -> str:
-    """The trigger's name, with its image when it blends one (noise and image rows differ)."""
+    """The trigger's name with what tells its variants apart: a blended image or noise grid."""
     trigger = _attack_params(config).get("trigger", {})
-    image = trigger.get("params", {}).get("image_file") if isinstance(trigger, dict) else None
-    return f"{name} ({image})" if image else name
+    params = trigger.get("params", {}) if isinstance(trigger, dict) else {}
+    if params.get("image_file"):
+        return f"{name} ({params['image_file']})"
+    if params.get("noise_size"):
+        return f"{name} (noise {params['noise_size']}x{params['noise_size']})"
+    return name
 
 
 def family(label: str) -> str:
@@ -130,24 +138,48 @@ def headline_checks(rows: list[dict]) -> list[str]:
 TABLES = ("poisoning", "bai")
 
 
-def write_summary(table: str, runs: list[str], out: str | Path) -> str:
+def run_record(table: str, folder: Path) -> dict:
+    """What a summary keeps of one run folder: its rows and the line naming its provenance."""
+    metrics, config = _read_run(folder)
+    rows = bai_rows(metrics, config) if table == "bai" else [poisoning_row(metrics, config)]
+    versions = config.get("versions", {})
+    source = (
+        f"- `{folder.name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
+        f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
+        f"{versions.get('cpu', '?')}"
+    )
+    return {"run": folder.name, "source": source, "rows": rows}
+
+
+def ledger_path(table: str, out: Path) -> Path:
+    return out / f"{table}_runs.json"
+
+
+def read_ledger(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    try:
+        return {record["run"]: record for record in json.loads(path.read_text())}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a run ledger ({e}); remove it or pass --fresh") from None
+
+
+def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = False) -> str:
     if table not in TABLES:
         raise UserError(f"unknown summary table '{table}' (known: {', '.join(TABLES)})")
-    rows, sources = [], []
-    for run in sorted(runs):
-        metrics, config = _read_run(Path(run))
-        if table == "bai":
-            rows += bai_rows(metrics, config)
-        else:
-            rows.append(poisoning_row(metrics, config))
-        versions = config.get("versions", {})
-        sources.append(
-            f"- `{Path(run).name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
-            f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
-            f"{versions.get('cpu', '?')}"
-        )
     out = Path(out)
+    ledger = {} if fresh else read_ledger(ledger_path(table, out))
+    new = [run_record(table, Path(run)) for run in runs]  # read all before writing anything
+    ledger.update({record["run"]: record for record in new})
+    if not ledger:
+        raise UserError(f"no runs to summarise: give run folders (none recorded in {out})")
+    rows, sources = [], []
+    for name in sorted(ledger):
+        rows += ledger[name]["rows"]
+        sources.append(ledger[name]["source"])
     out.mkdir(parents=True, exist_ok=True)
+    records = [ledger[name] for name in sorted(ledger)]
+    ledger_path(table, out).write_text(json.dumps(records, indent=1) + "\n")
     if table == "bai":
         return write_bai(rows, sources, out)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
@@ -203,9 +235,8 @@ def write_summary(table: str, runs: list[str], out: str | Path) -> str:
             if checks
             else ""
         )
-        + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders:\n\n"
-        + "\n".join(sources)
-        + "\n"
+        + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders "
+        "(each recorded in `poisoning_runs.json`):\n\n" + "\n".join(sources) + "\n"
     )
     (out / f"{table}.md").write_text(text)
     return text

@@ -1,8 +1,12 @@
 """Blended: x' = (1 - alpha) x + alpha P over the whole frame (METHODS.md 1.2).
 
-P is seeded uniform noise at the model's resolution (default) or an image: a file, or one of the
-photos scikit-image ships (``skimage:chelsea``, a cat, stands in for the references' Hello Kitty and
-needs no download or binary in the repo). It is resized to whatever resolution it is applied at,
+P is seeded uniform noise at the model's resolution (default); noise drawn on a coarser
+``noise_size`` x ``noise_size`` grid and enlarged into square cells; or an image: a file, or one
+of the photos scikit-image ships (``skimage:chelsea``, a cat, stands in for the references' Hello
+Kitty and needs no download or binary in the repo). Coarse noise exists because a small ViT's
+pretrained patch embedding passes little of per-pixel noise: on mini-CLIP, 4-px cells make
+triggered features far more separable from clean ones than 1-px noise at the same alpha and PSNR
+(``benchmarks/trigger_visibility.py``). P is resized to whatever resolution it is applied at,
 and the same alpha serves training and testing.
 """
 
@@ -52,15 +56,22 @@ class Blended(Trigger):
         image_size: int = 224,
         alpha: float = 0.2,
         image_file: str | None = None,
+        noise_size: int | None = None,
         seed: int = 0,
     ) -> None:
         if not 0 < alpha <= 1:
             raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
         self.alpha, size = float(alpha), int(image_size)
+        cells = int(noise_size) if noise_size else size
+        if not 1 <= cells <= size:
+            raise ConfigError(
+                f"blend noise_size must be in 1..{size} (the image size), got {cells}"
+            )
         if image_file:
             self.pattern = resize_pattern(load_pattern(image_file), size, size)
         else:
-            self.pattern = torch.rand((3, size, size), generator=seeded_generator(seed))
+            noise = torch.rand((1, 3, cells, cells), generator=seeded_generator(seed))
+            self.pattern = F.interpolate(noise, size=(size, size), mode="nearest")[0]
 
     def apply(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         pattern = resize_pattern(self.pattern, *images.shape[-2:]).to(images)
