@@ -120,18 +120,29 @@ def verdict(row: dict) -> str:
 
 
 def headline_checks(rows: list[dict]) -> list[str]:
-    """Liang's Table 1 headline per seed: the dual patch keeps more ASR after FT than the rest."""
+    """Liang's Table 1 headline per seed: the dual patch keeps more ASR after FT than the rest.
+
+    Every dual-embedding row is compared with every BadNet and Blended row of its seed (a
+    trigger may have been run under several schedules; each row names its epochs).
+    """
+
+    def name(row: dict) -> str:
+        epochs = row.get("epochs")
+        return f"{row['trigger']}{f' ({epochs} epochs)' if epochs else ''}"
+
     lines = []
     for seed in sorted({r["seed"] for r in rows}):
-        after = {r["trigger"]: r["asr_after_ft"] for r in rows if r["seed"] == seed}
-        if "dual_embedding" not in after:
-            continue
-        for other in sorted(t for t in after if family(t) in ("badnet", "blended")):
-            holds = after["dual_embedding"] > after[other]
-            lines.append(
-                f"- seed {seed}: ASR after FT, dual_embedding {after['dual_embedding']:.2f}"
-                f" vs {other} {after[other]:.2f}: {'holds' if holds else 'does not hold'}"
-            )
+        same = sorted((r for r in rows if r["seed"] == seed), key=name)
+        duals = [r for r in same if r["trigger"] == "dual_embedding"]
+        others = [r for r in same if family(r["trigger"]) in ("badnet", "blended")]
+        for dual in duals:
+            for other in others:
+                holds = dual["asr_after_ft"] > other["asr_after_ft"]
+                lines.append(
+                    f"- seed {seed}: ASR after FT, {name(dual)} {dual['asr_after_ft']:.2f}"
+                    f" vs {name(other)} {other['asr_after_ft']:.2f}: "
+                    f"{'holds' if holds else 'does not hold'}"
+                )
     return lines
 
 
