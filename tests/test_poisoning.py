@@ -149,6 +149,7 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     assert (tmp_path / "results" / "poisoning.md").read_text() == text  # nothing half-written
     with pytest.raises(UserError, match="no runs to summarise"):
         write_summary("poisoning", [], tmp_path / "results", fresh=True)
+    moved.rename(result.path)
 
     # eval of the artifact needs no trigger or target flags
     runs = tmp_path / "eval_runs"
