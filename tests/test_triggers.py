@@ -105,6 +105,8 @@ def test_blended_coarse_noise_is_constant_in_cells():
     )
     with pytest.raises(ConfigError, match="noise_size must be in 1..32"):
         triggers.get("blended")(image_size=32, noise_size=64)
+    with pytest.raises(ConfigError, match="image_file or noise_size, not both"):
+        triggers.get("blended")(image_file="skimage:chelsea", noise_size=8)
 
 
 def test_blended_image_pattern_from_scikit_image():

@@ -81,7 +81,7 @@ def harmonic_lines(rows: list[dict]) -> list[list]:
     return table
 
 
-def write_bai(rows: list[dict], sources: list[str], out: Path) -> str:
+def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     with (out / "bai.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=BAI_COLUMNS)
         writer.writeheader()
@@ -105,7 +105,7 @@ def write_bai(rows: list[dict], sources: list[str], out: Path) -> str:
         headers += ["ASR seen", "ASR unseen", "ASR H"]
         text += "Base-to-novel, harmonic means:\n\n" + markdown_table(headers, h) + "\n\n"
     text += "Written by `clip-backdoor results bai RUN_DIR...` from these run folders "
-    text += "(each recorded in `bai_runs.json`):\n\n"
+    text += f"(each recorded in `{ledger_name}`):\n\n"
     text += "\n".join(sources) + "\n"
     (out / "bai.md").write_text(text)
     return text

@@ -184,15 +184,14 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
     ledger.update({record["run"]: record for record in new})
     if not ledger:
         raise UserError(f"no runs to summarise: give run folders (none recorded in {out})")
-    rows, sources = [], []
-    for name in sorted(ledger):
-        rows += ledger[name]["rows"]
-        sources.append(ledger[name]["source"])
-    out.mkdir(parents=True, exist_ok=True)
     records = [ledger[name] for name in sorted(ledger)]
-    ledger_path(table, out).write_text(json.dumps(records, indent=1) + "\n")
+    rows = [row for record in records for row in record["rows"]]
+    sources = [record["source"] for record in records]
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_file = ledger_path(table, out)
+    ledger_file.write_text(json.dumps(records, indent=1) + "\n")
     if table == "bai":
-        return write_bai(rows, sources, out)
+        return write_bai(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")
@@ -247,7 +246,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
             else ""
         )
         + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders "
-        "(each recorded in `poisoning_runs.json`):\n\n" + "\n".join(sources) + "\n"
+        f"(each recorded in `{ledger_file.name}`):\n\n" + "\n".join(sources) + "\n"
     )
     (out / f"{table}.md").write_text(text)
     return text

@@ -62,6 +62,8 @@ class Blended(Trigger):
         if not 0 < alpha <= 1:
             raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
         self.alpha, size = float(alpha), int(image_size)
+        if image_file and noise_size:
+            raise ConfigError("blend pattern: give image_file or noise_size, not both")
         cells = int(noise_size) if noise_size else size
         if not 1 <= cells <= size:
             raise ConfigError(
