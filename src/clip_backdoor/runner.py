@@ -26,6 +26,7 @@ from clip_backdoor.data import load_classification
 from clip_backdoor.data.fewshot import TargetFirst, class_part
 from clip_backdoor.errors import DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
+from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.evaluation.image_quality import image_quality
 from clip_backdoor.evaluation.zeroshot import text_classifier
 from clip_backdoor.methods import register_methods
@@ -299,6 +300,7 @@ def _evaluate_point(
             metrics["asr_image_key_only"] = metrics["asr"]
             metrics.update(asr=both["asr"], asr_all=both["asr_all"])
         row = {"point": point, "kind": kind, "data": data.name, "split": data.split, **metrics}
+        row["model"] = model_fingerprint(ctx.model)[:12]  # which weights this point measured
         row["classes"] = len(data.classnames)
         ctx.log(f"evaluation {point} on {data.name}: {metrics}")
         rows.append(row)
@@ -306,7 +308,7 @@ def _evaluate_point(
 
 
 def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_templates) -> str:
-    headers = ["point", "model", "data", "split", "classes", "images", "CA %"]
+    headers = ["point", "weights", "data", "split", "classes", "images", "CA %"]
     extra_k = [k for k in recipe.evaluation.topk if k != 1]
     headers += [f"top-{k} %" for k in extra_k]
     has_asr = any("asr" in p for p in points)
@@ -316,7 +318,7 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
     for p in points:
         row: list = [
             p["point"],
-            ctx.model.name,
+            p.get("model", ctx.model.name),
             p["data"],
             p["split"],
             p["classes"],
