@@ -14,6 +14,13 @@ from pathlib import Path
 from clip_backdoor.runs import markdown_table
 
 BAI_COLUMNS = ["protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
+PAPER_EPS = 4 / 255
+
+
+def _eps_suffix(params: dict) -> str:
+    """Rows of an attack at another eps than the paper's 4/255 say so (an eps sweep)."""
+    eps = params.get("eps", PAPER_EPS)
+    return "" if math.isclose(eps, PAPER_EPS, rel_tol=1e-6) else f"@eps{eps * 255:g}/255"
 
 
 def _method(point: str, stages: list[dict]) -> str:
@@ -23,8 +30,9 @@ def _method(point: str, stages: list[dict]) -> str:
         if (stage.get("label") or stage["method"]) != point:
             continue
         if stage["method"] == "badclip":
-            learner = stage.get("params", {}).get("learner", "cocoop")
-            return "badclip" if learner == "cocoop" else "trigger_agnostic"
+            params = stage.get("params", {})
+            name = "badclip" if params.get("learner", "cocoop") == "cocoop" else "trigger_agnostic"
+            return name + _eps_suffix(params)
         return stage["method"]
     return point
 
