@@ -167,7 +167,12 @@ class ISSBA(Trigger):
         bar.close()
         self.encoder.eval()
         self.report = self._evaluate(decoder, held)
-        fit.log(f"ISSBA held-out: {self.report}")
+        accepted = self.report["bit_accuracy"] >= 0.95 and (self.report["psnr"] or 0) >= 27
+        self.report["accepted"] = accepted  # METHODS.md 1.5's bar for a usable encoder
+        fit.log(
+            f"ISSBA held-out: {self.report}"
+            + ("" if accepted else " (below the bar: bit accuracy >= 0.95, PSNR >= 27 dB)")
+        )
 
     @torch.no_grad()
     def _evaluate(self, decoder: nn.Module, held: torch.Tensor) -> dict:
