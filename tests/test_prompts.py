@@ -251,14 +251,16 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
     assert "harmonic means" in text
 
 
-def test_bai_rows_name_an_attack_at_another_eps():
+def test_bai_rows_name_an_attack_off_the_papers_eps_or_epochs():
     from clip_backdoor.bai_results import _method
 
     stages = [
         {"method": "badclip", "label": "paper", "params": {"eps": 4 / 255}},
         {"method": "badclip", "label": "wide", "params": {"eps": 16 / 255}},
         {"method": "badclip", "label": "static", "params": {"learner": "coop", "eps": 8 / 255}},
+        {"method": "badclip", "label": "long", "params": {"training": {"epochs": 20}}},
     ]
     assert _method("paper", stages) == "badclip"
     assert _method("wide", stages) == "badclip@eps16/255"
     assert _method("static", stages) == "trigger_agnostic@eps8/255"
+    assert _method("long", stages) == "badclip@20ep"

@@ -14,13 +14,15 @@ from pathlib import Path
 from clip_backdoor.runs import markdown_table
 
 BAI_COLUMNS = ["protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
-PAPER_EPS = 4 / 255
+PAPER_EPS, PAPER_JOINT_EPOCHS = 4 / 255, 10
 
 
-def _eps_suffix(params: dict) -> str:
-    """Rows of an attack at another eps than the paper's 4/255 say so (an eps sweep)."""
+def _variant(params: dict) -> str:
+    """Rows of an attack off the paper's eps (4/255) or joint epochs (10) say so."""
     eps = params.get("eps", PAPER_EPS)
-    return "" if math.isclose(eps, PAPER_EPS, rel_tol=1e-6) else f"@eps{eps * 255:g}/255"
+    epochs = params.get("training", {}).get("epochs", PAPER_JOINT_EPOCHS)
+    suffix = "" if math.isclose(eps, PAPER_EPS, rel_tol=1e-6) else f"@eps{eps * 255:g}/255"
+    return suffix + ("" if epochs == PAPER_JOINT_EPOCHS else f"@{epochs}ep")
 
 
 def _method(point: str, stages: list[dict]) -> str:
@@ -32,7 +34,7 @@ def _method(point: str, stages: list[dict]) -> str:
         if stage["method"] == "badclip":
             params = stage.get("params", {})
             name = "badclip" if params.get("learner", "cocoop") == "cocoop" else "trigger_agnostic"
-            return name + _eps_suffix(params)
+            return name + _variant(params)
         return stage["method"]
     return point
 
