@@ -211,6 +211,7 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
     ]
     recipe = _recipe(tmp_path, stages)
     recipe["model"]["name"] = str(synthetic_clip)
+    recipe["evaluation"]["quality"] = True  # the summary names the trigger's PSNR
     result = run_recipe(parse_recipe(recipe), progress=False)
     points = {(p["point"], p["data"]): p for p in result.metrics["points"]}
     clean_novel = points[("clean", "synthetic:novel+red circle")]
@@ -247,8 +248,10 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
     lines = (tmp_path / "results" / "bai.csv").read_text().splitlines()
     assert lines[0].split(",") == BAI_COLUMNS
     methods = {line.split(",")[4] for line in lines[1:]}
-    assert methods == {"zeroshot", "coop", "badclip"}
+    assert methods == {"zeroshot", "coop", "badclip@eps8/255"}  # eps off the paper's 4/255
     assert "harmonic means" in text
+    psnr = result.metrics["quality"]["psnr"]
+    assert f"PSNR {psnr:.2f} dB" in text  # the trigger's quality is named with its run
 
 
 def test_bai_rows_name_an_attack_off_the_papers_eps_or_epochs():

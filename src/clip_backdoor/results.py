@@ -159,6 +159,12 @@ def run_record(table: str, folder: Path) -> dict:
         f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
         f"{versions.get('cpu', '?')}"
     )
+    quality = metrics.get("quality")
+    if table == "bai" and quality:  # the poisoning table has its own PSNR/SSIM columns
+        source += (
+            f"; trigger of its last stage: PSNR {quality['psnr']:.2f} dB, SSIM "
+            f"{quality['ssim']:.4f} ({quality.get('quality_n', '?')} test images)"
+        )
     return {"run": folder.name, "source": source, "rows": rows}
 
 
