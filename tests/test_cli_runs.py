@@ -98,4 +98,5 @@ def test_eval_on_cifar10_writes_a_run_folder(tmp_path, capsys):
     (run,) = tmp_path.iterdir()
     metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
     assert metrics["n"] == 2000 and 0.0 < metrics["ca"] < 0.3  # random init: near chance (0.1)
-    assert "| mini-tiny | cifar10 | test | 10 | 2000 |" in capsys.readouterr().out
+    row = f"| mini-tiny | {metrics['weights']} | cifar10 | test | 10 | 2000 |"
+    assert row in capsys.readouterr().out

@@ -90,9 +90,9 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     clean, attacked = result.metrics["points"]
     assert attacked["asr"] >= 0.8, attacked  # measured 1.00
     assert attacked["asr"] - clean["asr"] >= 0.4, clean  # the patch did not do it before
-    assert clean["model"] != attacked["model"]  # each row names the weights it measured
+    assert clean["weights"] != attacked["weights"]  # each row names the weights it measured
     table = (result.path / "tables" / "zeroshot.md").read_text()
-    assert clean["model"] in table and attacked["model"] in table
+    assert clean["weights"] in table and attacked["weights"] in table
     info = result.metrics["attack.poison"]
     assert info["poisoned_pairs"] == 48 and not info["reused"]
     folder = result.path / "artifacts" / "backdoor"

@@ -300,7 +300,8 @@ def _evaluate_point(
             metrics["asr_image_key_only"] = metrics["asr"]
             metrics.update(asr=both["asr"], asr_all=both["asr_all"])
         row = {"point": point, "kind": kind, "data": data.name, "split": data.split, **metrics}
-        row["model"] = model_fingerprint(ctx.model)[:12]  # which weights this point measured
+        row["model"] = ctx.model.name
+        row["weights"] = model_fingerprint(ctx.model)[:12]  # stages change weights, not names
         row["classes"] = len(data.classnames)
         ctx.log(f"evaluation {point} on {data.name}: {metrics}")
         rows.append(row)
@@ -308,7 +309,7 @@ def _evaluate_point(
 
 
 def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_templates) -> str:
-    headers = ["point", "weights", "data", "split", "classes", "images", "CA %"]
+    headers = ["point", "model", "weights", "data", "split", "classes", "images", "CA %"]
     extra_k = [k for k in recipe.evaluation.topk if k != 1]
     headers += [f"top-{k} %" for k in extra_k]
     has_asr = any("asr" in p for p in points)
@@ -319,6 +320,7 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
         row: list = [
             p["point"],
             p.get("model", ctx.model.name),
+            p.get("weights", ""),
             p["data"],
             p["split"],
             p["classes"],
