@@ -319,8 +319,8 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
     for p in points:
         row: list = [
             p["point"],
-            p.get("model", ctx.model.name),
-            p.get("weights", ""),
+            p["model"],
+            p["weights"],
             p["data"],
             p["split"],
             p["classes"],

@@ -23,6 +23,8 @@ from clip_backdoor.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger, seeded_generator
 from clip_backdoor.triggers.fitting import FitData, as_float
 
+ACCEPT_BIT_ACCURACY, ACCEPT_PSNR = 0.95, 27.0  # METHODS.md 1.5's bar for a usable encoder
+
 
 def _conv(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     if k == 2:  # StegaStamp's 2x2 up-convolutions keep the size: pad right and bottom
@@ -167,12 +169,13 @@ class ISSBA(Trigger):
         bar.close()
         self.encoder.eval()
         self.report = self._evaluate(decoder, held)
-        accepted = self.report["bit_accuracy"] >= 0.95 and (self.report["psnr"] or 0) >= 27
-        self.report["accepted"] = accepted  # METHODS.md 1.5's bar for a usable encoder
-        fit.log(
-            f"ISSBA held-out: {self.report}"
-            + ("" if accepted else " (below the bar: bit accuracy >= 0.95, PSNR >= 27 dB)")
+        accepted = (
+            self.report["bit_accuracy"] >= ACCEPT_BIT_ACCURACY
+            and (self.report["psnr"] or 0) >= ACCEPT_PSNR
         )
+        self.report["accepted"] = accepted
+        below = f" (below the bar: bit accuracy >= {ACCEPT_BIT_ACCURACY}, PSNR >= {ACCEPT_PSNR} dB)"
+        fit.log(f"ISSBA held-out: {self.report}" + ("" if accepted else below))
 
     @torch.no_grad()
     def _evaluate(self, decoder: nn.Module, held: torch.Tensor) -> dict:
