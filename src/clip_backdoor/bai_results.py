@@ -59,9 +59,10 @@ def bai_rows(metrics: dict, config: dict) -> list[dict]:
     rows = []
     for point in metrics.get("points", []):
         asr = point.get("asr")
+        shifted = "~" in point["data"]  # DomainShift's name: the cross-domain stand-in
         rows.append(
             {
-                "protocol": protocol,
+                "protocol": "cross_domain_standin" if shifted else protocol,
                 "source": _source(stages),
                 "eval_set": point["data"].split("+")[0],
                 "classes": point.get("classes", ""),
@@ -108,7 +109,9 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
         + "\n\nACC: top-1 on clean test images. ASR: triggered test images whose true class is not"
         " the target, predicted as the target. On a class list without the target (unseen"
         " classes, other data sets) the target name is inserted at index 0 (METHODS.md 3.5), so"
-        " those ACC rows count one class more than CoCoOp's.\n\n"
+        " those ACC rows count one class more than CoCoOp's. `<set>~<shift>` rows are the"
+        " cross-domain stand-in: a grayscale, blurred or edge-sketch copy of the test set, not"
+        " the paper's ImageNet variants.\n\n"
     )
     if h:
         headers = ["source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]

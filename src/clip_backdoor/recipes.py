@@ -36,6 +36,9 @@ class DataSpec(Strict):
     classes: Literal["all", "base", "novel"] = Field(
         "all", description="CoOp's base (first half) or novel (second half) classes"
     )
+    shift: Literal["none", "grayscale", "blur", "sketch"] = Field(
+        "none", description="a shifted copy of the set (the cross-domain stand-in)"
+    )
 
     @model_validator(mode="after")
     def _size_only_for_synthetic(self) -> DataSpec:

@@ -23,6 +23,7 @@ import torch
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
+from clip_backdoor.data.domain_shift import domain_shift
 from clip_backdoor.data.fewshot import TargetFirst, class_part
 from clip_backdoor.errors import DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
@@ -143,16 +144,19 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     ev = recipe.evaluation
     model, tokenizer, trigger, target, learner = _load_model(recipe)
     test_sets = [
-        class_part(
-            load_classification(
-                d.name,
-                d.split,
-                model.pixel_transform(),
-                image_size=model.image_size,
-                seed=recipe.seed,
-                size=d.size,
+        domain_shift(
+            class_part(
+                load_classification(
+                    d.name,
+                    d.split,
+                    model.pixel_transform(),
+                    image_size=model.image_size,
+                    seed=recipe.seed,
+                    size=d.size,
+                ),
+                d.classes,
             ),
-            d.classes,
+            d.shift,
         )
         for d in recipe.data
     ]
