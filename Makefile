@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_throughput.py
 	$(BIN)/python benchmarks/poisoning_throughput.py
 	$(BIN)/python benchmarks/prompt_learning.py
+	$(BIN)/python benchmarks/visual_prompts.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

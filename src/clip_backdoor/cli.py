@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     res = commands.add_parser(
         "results", help="summarise run folders into results/<table>.md and .csv"
     )
-    res.add_argument("table", choices=["poisoning", "bai"], help="which summary table to write")
+    res.add_argument(
+        "table", choices=["poisoning", "bai", "defenses"], help="which summary table to write"
+    )
     res.add_argument(
         "runs",
         nargs="*",

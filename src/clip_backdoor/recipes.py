@@ -62,6 +62,9 @@ class EvaluationSpec(Strict):
     batch_size: int = Field(256, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True
+    resistivity: int = Field(
+        0, ge=0, description="test images for Perturbation Resistivity at every point (0: off)"
+    )
 
 
 class StageSpec(Strict):
@@ -69,6 +72,11 @@ class StageSpec(Strict):
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
+    stack: bool = Field(
+        False,
+        description="defense: act on the previous defense's result (default: every defense in a"
+        " row starts from the model as the stages before them left it, so they can be compared)",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -124,6 +132,8 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     single: tuple[str, ...] = ()
     if isinstance(data, dict) and isinstance(data.get("data"), dict):
         data, single = {**data, "data": [data["data"]]}, ("data",)  # one set: a list of one
+    if isinstance(data, dict) and isinstance(data.get("stages"), list):
+        data = {**data, "stages": [included_stage(stage, source) for stage in data["stages"]]}
     recipe = validate(Recipe, data, source, single)
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
@@ -140,6 +150,20 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
             f"'{recipe.evaluation.trigger.name}' (known: {known})"
         )
     return recipe
+
+
+def included_stage(stage, source: str):
+    """``{from: RECIPE, stage: LABEL}`` is that recipe's stage of that label (or method), with
+    any other keys given overriding its own: recipes share an attack without copying it, and
+    share its cached artifact too, since the parameters are the same."""
+    if not isinstance(stage, dict) or "from" not in stage:
+        return stage
+    path, wanted = stage["from"], stage.get("stage")
+    for other in read_yaml(path).get("stages", []):
+        if wanted in (other.get("label"), other.get("method")):
+            rest = {k: v for k, v in stage.items() if k not in ("from", "stage")}
+            return {**other, **rest}
+    raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")
 
 
 def read_yaml(path: str | Path) -> dict:

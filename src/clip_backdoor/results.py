@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from clip_backdoor.bai_results import bai_rows, write_bai
+from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
 from clip_backdoor.runner import ASR_NOTE
 from clip_backdoor.runs import markdown_table
@@ -146,13 +147,18 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai")
+TABLES = ("poisoning", "bai", "defenses")
 
 
 def run_record(table: str, folder: Path) -> dict:
     """What a summary keeps of one run folder: its rows and the line naming its provenance."""
     metrics, config = _read_run(folder)
-    rows = bai_rows(metrics, config) if table == "bai" else [poisoning_row(metrics, config)]
+    if table == "bai":
+        rows = bai_rows(metrics, config)
+    elif table == "defenses":
+        rows = defense_rows(metrics, config, trigger_label)
+    else:
+        rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
     source = (
         f"- `{folder.name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
@@ -198,6 +204,8 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
     ledger_file.write_text(json.dumps(records, indent=1) + "\n")
     if table == "bai":
         return write_bai(rows, sources, out, ledger_file.name)
+    if table == "defenses":
+        return write_defenses(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")

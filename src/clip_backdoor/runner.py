@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from clip_backdoor import precision as precision_mod
+from clip_backdoor.analysis.resistivity import MAIN, perturbation_resistivity, resistivity_figure
 from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.domain_shift import domain_shift
@@ -65,6 +66,7 @@ class RunContext:
     progress: bool = True
     learner: Any = None  # a prompt learner classifies instead of the zero-shot templates
     target_first: bool = False  # insert the target name at index 0 where a set lacks it
+    resistivity: dict = field(default_factory=dict)  # point -> PR results (for the figure)
 
     @property
     def test_set(self):
@@ -211,8 +213,15 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             )
             if ctx.trigger is None and recipe.stages:
                 clean_model = copy.deepcopy(ctx.model)  # stages may train the model in place
+        undefended = None  # (model, learner) the defenses in a row each start from
         for spec, stage in zip(recipe.stages, stages, strict=True):
             label = spec.label or spec.method
+            if spec.kind != "defense":
+                undefended = None
+            elif undefended is None:
+                undefended = (copy.deepcopy(ctx.model), ctx.learner)  # FT trains in place
+            elif not spec.stack:
+                ctx.model, ctx.learner = copy.deepcopy(undefended[0]), undefended[1]
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
             if clean_model is not None and ctx.trigger is not None:
@@ -232,6 +241,8 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         ctx.metrics["evaluation"] = points[-1]
         if ctx.trigger is not None and not ctx.trigger.is_identity and ev.quality:
             ctx.metrics["quality"] = image_quality(ctx.trigger, ctx.test_set, seed=recipe.seed)
+        if ctx.resistivity:
+            resistivity_figure(ctx.resistivity, run.path / "figures" / "resistivity.png")
         table = _table(run, recipe, ctx, points, precision, len(templates))
         run.write_metrics(ctx.metrics)
         run.log("metrics " + str(points[-1]))
@@ -307,9 +318,33 @@ def _evaluate_point(
         row["model"] = ctx.model.name
         row["weights"] = model_fingerprint(ctx.model)[:12]  # stages change weights, not names
         row["classes"] = len(data.classnames)
+        if ev.resistivity and not rows:  # the first set only: PR is a property of the model
+            row.update(_resistivity(ctx, point, data, options.get("classifier"), templates))
         ctx.log(f"evaluation {point} on {data.name}: {metrics}")
         rows.append(row)
     return rows
+
+
+def _resistivity(ctx: RunContext, point: str, data, classifier, templates) -> dict:
+    ev = ctx.recipe.evaluation
+    if classifier is None:
+        classifier = text_classifier(
+            ctx.model, ctx.tokenizer, data.classnames, templates, precision=ev.precision
+        )
+    extra = {}
+    if ctx.trigger is not None and not ctx.trigger.is_identity:
+        extra["trigger"] = lambda images, generator: ctx.trigger.apply(images)
+    result = perturbation_resistivity(
+        ctx.model,
+        data,
+        classifier,
+        ev.resistivity,
+        ctx.recipe.seed,
+        extra,
+        precision=ev.precision,
+    )
+    ctx.resistivity[point] = result
+    return {"pr": result[MAIN]["pr"], "pr_all": {k: v["pr"] for k, v in result.items()}}
 
 
 def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_templates) -> str:

@@ -31,7 +31,7 @@ def default_cache_dir() -> Path:
 
 def model_fingerprint(model: PixelCLIP) -> str:
     """Hash of the weights, memoised until a tensor is replaced or modified in place."""
-    state = model.clip.state_dict()
+    state = model.fingerprint_state()
     versions = tuple((v.data_ptr(), v._version) for v in state.values())  # replaced or modified
     memo = getattr(model, "_fingerprint_memo", None)
     if memo is not None and memo[0] == versions:
@@ -83,7 +83,9 @@ class FeatureCache:
                 os.remove(tmp)
 
 
-def cache_key(model: PixelCLIP, dataset, trigger: Trigger | None, precision: str) -> str:
+def cache_key(
+    model: PixelCLIP, dataset, trigger: Trigger | None, precision: str, normalize: bool = True
+) -> str:
     transform = getattr(dataset, "transform", None)
     parts = [
         model_fingerprint(model),
@@ -92,6 +94,8 @@ def cache_key(model: PixelCLIP, dataset, trigger: Trigger | None, precision: str
         trigger.fingerprint() if trigger is not None else "clean",
         precision,
     ]
+    if not normalize:
+        parts.append("unnormalised")  # normalised features keep their earlier keys
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()
 
 
@@ -120,8 +124,10 @@ def encode_images(
     precision: str = "auto",
     num_workers: int = 0,
     progress: bool = False,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised image features (N, D) in fp32 and labels (N,); memory grows with N*D only."""
+    """Image features (N, D) in fp32, normalised unless asked not to, and labels (N,); memory
+    grows with N*D only."""
     device = next(model.parameters()).device
     features, labels = [], []
     batches = iterate_batches(dataset, batch_size, num_workers)
@@ -131,7 +137,7 @@ def encode_images(
         if trigger is not None:
             images = trigger.apply(images)
         with precision_mod.autocast(precision, device):
-            features.append(model.encode_image(images).float().cpu())
+            features.append(model.encode_image(images, normalize=normalize).float().cpu())
         labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels)
 
@@ -149,7 +155,7 @@ def cached_features(
     if cache is None:
         return encode_images(model, dataset, trigger, **kwargs)
     precision = precision_mod.resolve(kwargs.get("precision", "auto"))
-    key = cache_key(model, dataset, trigger, precision)
+    key = cache_key(model, dataset, trigger, precision, kwargs.get("normalize", True))
     hit = cache.get(key)
     if hit is not None:
         return hit["features"], hit["labels"]

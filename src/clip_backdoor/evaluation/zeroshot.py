@@ -99,6 +99,8 @@ def evaluate_zeroshot(
             model, tokenizer, dataset.classnames, templates, batch_size, precision
         )
     options = {"batch_size": batch_size, "precision": precision, "progress": progress}
+    # a classifier of raw features (a linear probe) says so; text classifiers take unit vectors
+    options["normalize"] = getattr(classifier, "normalized_features", True)
     features, labels = cached_features(model, dataset, None, cache, **options)
     accuracy = topk_accuracy(classify(features, classifier), labels, sorted({1, *topk}))
     result = {"ca": accuracy[1], "n": len(labels)}

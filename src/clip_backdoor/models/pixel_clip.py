@@ -57,6 +57,10 @@ class PixelCLIP(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
 
+    def fingerprint_state(self) -> dict[str, torch.Tensor]:
+        """The tensors that decide what this model computes (hashed as its cache key)."""
+        return self.clip.state_dict()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 

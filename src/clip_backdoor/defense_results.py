@@ -1,0 +1,110 @@
+"""``results/defenses.md`` and ``.csv``: attack x defense with CA, ASR and PR (RVPT Table 1).
+
+One CSV row per (run, attack or defense point, evaluation set): ``attack,defense,ca,asr,asr_all,
+pr,seed`` plus the evaluation set, so cross-dataset rows (tuned on caltech101, tested on another
+set) sit beside the main ones. ``defense`` is ``none`` for the undefended (attacked) model.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from clip_backdoor.runs import markdown_table
+
+DEFENSE_COLUMNS = ["attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
+ASR_BAR, CA_DROP_BAR = 5.0, 2.0  # the issue's bar for RVPT
+
+
+def _pct(value) -> float:
+    return math.nan if value is None else 100 * float(value)
+
+
+def _attack_label(config: dict, label_of) -> str:
+    for stage in config.get("stages", []):
+        if stage.get("kind") == "attack":
+            trigger = stage.get("params", {}).get("trigger", {})
+            name = trigger.get("name", stage["method"]) if isinstance(trigger, dict) else "?"
+            return label_of(name, config)
+    return "none"
+
+
+def defense_rows(metrics: dict, config: dict, label_of) -> list[dict]:
+    """Rows of the attacked model and of each defense after it (``label_of`` names triggers)."""
+    attack = _attack_label(config, label_of)
+    rows = []
+    for point in metrics.get("points", []):
+        if point["kind"] not in ("attack", "defense"):
+            continue
+        rows.append(
+            {
+                "attack": attack,
+                "defense": "none" if point["kind"] == "attack" else point["point"],
+                "ca": _pct(point["ca"]),
+                "asr": _pct(point.get("asr")),
+                "asr_all": _pct(point.get("asr_all")),
+                "pr": point.get("pr", math.nan),
+                "seed": config.get("seed"),
+                "eval_set": point["data"].split("+")[0],
+            }
+        )
+    return rows
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """RVPT against the issue's bar and against VPT, per attack, seed and evaluation set."""
+    lines = []
+    keys = sorted({(r["attack"], r["seed"], r["eval_set"]) for r in rows}, key=str)
+    for attack, seed, eval_set in keys:
+        mine = {
+            r["defense"]: r
+            for r in rows
+            if (r["attack"], r["seed"], r["eval_set"]) == (attack, seed, eval_set)
+        }
+        rvpt, none = mine.get("rvpt"), mine.get("none")
+        if rvpt is None or none is None:
+            continue
+        drop = none["ca"] - rvpt["ca"]
+        ok = rvpt["asr"] <= ASR_BAR and drop <= CA_DROP_BAR
+        line = (
+            f"- {attack}, seed {seed}, {eval_set}: RVPT ASR {rvpt['asr']:.2f} (from "
+            f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
+            f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
+        )
+        if "vpt" in mine:
+            lower = "RVPT lower" if rvpt["asr"] < mine["vpt"]["asr"] else "RVPT not lower"
+            line += f"; VPT ASR {mine['vpt']['asr']:.2f} ({lower})"
+        if not math.isnan(rvpt["pr"]) and not math.isnan(none["pr"]):
+            line += f"; PR {none['pr']:.3f} -> {rvpt['pr']:.3f}"
+        lines.append(line)
+    return lines
+
+
+def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
+    rows = sorted(rows, key=lambda r: (r["attack"], str(r["seed"]), r["eval_set"]))
+    with (out / "defenses.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=DEFENSE_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    headers = ["attack", "defense", "eval set", "seed", "CA %", "ASR %", "asr_all %", "PR"]
+    body = [
+        [r["attack"], r["defense"], r["eval_set"], r["seed"], r["ca"], r["asr"], r["asr_all"]]
+        + [f"{r['pr']:.3f}" if not math.isnan(r["pr"]) else "-"]
+        for r in rows
+    ]
+    checks = verdicts(rows)
+    text = (
+        '# Defenses on poisoned mini-CLIP (target "accordion", zero-shot)\n\n'
+        + markdown_table(headers, body)
+        + "\n\nCA: top-1 on clean test images. ASR: triggered test images whose true class is not"
+        " the target, predicted as the target (asr_all: over all images). PR: Perturbation"
+        " Resistivity under a random 16/224-scaled noise patch (RVPT Eq. 1); higher is more"
+        " resistant. `none` is the attacked model before any defense.\n\n"
+        + ("RVPT against the bar:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
+        + "Written by `clip-backdoor results defenses RUN_DIR...` from these run folders "
+        f"(each recorded in `{ledger_name}`):\n\n" + "\n".join(sources) + "\n"
+    )
+    (out / "defenses.md").write_text(text)
+    return text

@@ -1,0 +1,171 @@
+"""RVPT (repulsive visual prompt tuning) and VPT, its alpha = 0 ablation (METHODS.md 4.4).
+
+The defender tunes deep visual prompts on a few clean labelled images: CE against proxy captions
+("a photo of a {c}.") with CLIP's logit scale keeps the task, and the feature-repulsion loss FR
+pushes the prompted image feature away from the frozen (possibly backdoored) model's feature of
+the same view, so the prompted tower stops relying on what the backdoor uses. Every weight of the
+model stays as it was: the result is a visual-prompt folder applied on top of it.
+
+Why it is cheap: the frozen model's features of each augmented view and the text features are
+computed once, before the first epoch; an epoch runs only the prompted tower.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from clip_backdoor import precision as precision_mod
+from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.evaluation import resolve_templates
+from clip_backdoor.evaluation.features import model_fingerprint
+from clip_backdoor.evaluation.zeroshot import text_classifier
+from clip_backdoor.models.image_tower import ImageTower
+from clip_backdoor.models.pixel_clip import PixelCLIP
+from clip_backdoor.models.visual_prompts import (
+    PromptedCLIP,
+    VisualPrompts,
+    load_visual_prompts,
+    save_visual_prompts,
+)
+from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
+from clip_backdoor.prompts.training import (
+    AugmentedViews,
+    PromptTrainingSpec,
+    run_epochs,
+    view_features,
+)
+from clip_backdoor.recipes import Strict, validate
+from clip_backdoor.registry import DEFENSES
+
+
+class RVPTTrainingSpec(PromptTrainingSpec):
+    """METHODS.md 4.4: batch 32, 50 epochs, SGD 0.002 (momentum 0.9) with cosine, no warm-up."""
+
+    epochs: int = Field(50, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class RVPTSpec(Strict):
+    train: FewShotSpec = Field(default_factory=FewShotSpec)
+    length: int = Field(25, ge=1, description="prompt tokens per block (n_p; 25 at 64 px)")
+    first: int | None = Field(None, ge=0, description="first prompted block (default: L // 4)")
+    blocks: int | None = Field(None, ge=1, description="prompted blocks (default: to the last)")
+    alpha: float = Field(2.0, ge=0, description="weight of the feature-repulsion loss FR")
+    margin: float = Field(-1.0, ge=-1, le=1, description="FR's margin m (-1: full repulsion)")
+    templates: str | list[str] = Field("photo", description="proxy captions of the classes")
+    training: RVPTTrainingSpec = Field(default_factory=RVPTTrainingSpec)
+    cache: bool = Field(True, description="reuse the prompts of an identical earlier run")
+
+
+def repulsion(features: torch.Tensor, frozen: torch.Tensor, margin: float) -> torch.Tensor:
+    """FR (Eq. 3/6): mean of max(0, cos(prompted, frozen) - m); at m = -1 the plain mean + 1."""
+    cosine = F.cosine_similarity(features, frozen, dim=-1)
+    return (cosine - margin).clamp(min=0).mean()
+
+
+def tune_visual_prompts(
+    model: PixelCLIP,
+    tokenizer,
+    spec: RVPTSpec,
+    seed: int,
+    log=None,
+    progress: bool = False,
+) -> tuple[PromptedCLIP, list[float]]:
+    """Prompts tuned on ``spec.train``'s few shots; the model's weights are not touched."""
+    model.requires_grad_(False)
+    data = load_few_shot(spec.train, model, seed)
+    tower = ImageTower.of(model)
+    torch.manual_seed(seed)
+    prompts = VisualPrompts(tower, spec.length, spec.first, spec.blocks)
+    prompted = PromptedCLIP(model, prompts)
+    training = spec.training
+    precision = precision_mod.resolve(training.precision)
+    views = AugmentedViews(data.images, training.views, seed)
+    frozen = (
+        view_features(model, views, precision=precision, progress=progress) if spec.alpha else None
+    )
+    text = text_classifier(
+        model, tokenizer, data.classnames, resolve_templates(spec.templates), precision=precision
+    )
+    scale = model.logit_scale.exp().detach()
+    device = next(model.parameters()).device
+    labels, text = data.labels.to(device), text.to(device).clone()  # out of inference mode
+
+    def batch_loss(items: torch.Tensor, view: torch.Tensor, epoch: int) -> torch.Tensor:
+        pixels = views.batch(items.tolist(), view.tolist()).to(device)
+        with precision_mod.autocast(precision, device):
+            features = prompted.encode_image(pixels).float()
+        loss = F.cross_entropy(scale * features @ text.T, labels[items])
+        if frozen is not None:
+            loss = loss + spec.alpha * repulsion(
+                features, frozen[items, view].to(device), spec.margin
+            )
+        return loss
+
+    prompts.train()
+    losses = run_epochs(
+        [prompts.prompts],
+        training,
+        len(data.images),
+        views.count,
+        seed,
+        batch_loss,
+        log=log,
+        progress=progress,
+    )
+    prompts.eval()
+    return prompted, losses
+
+
+@DEFENSES.register("rvpt")
+class RVPT:
+    """Deep visual prompts tuned with CE + alpha * FR; the run continues with the prompted model."""
+
+    kind = "rvpt"
+    defaults: dict = {}
+
+    def __init__(self, **params) -> None:
+        self.spec = validate(RVPTSpec, {**self.defaults, **params}, f"defense {self.kind}")
+
+    def run(self, ctx) -> dict:
+        ImageTower.of(ctx.model)  # a non-ViT model is a one-line error before any work
+        spec, seed, base = self.spec, ctx.recipe.seed, ctx.model
+        fingerprint = model_fingerprint(base)
+        key = cache_key(self.kind, fingerprint, spec.model_dump(), seed)
+        folder = cache_root() / "defenses" / key
+        reused = spec.cache and (folder / "visual_prompt.json").is_file()
+        info: dict = {"cache_key": key, "reused": reused}
+        if reused:
+            ctx.log(f"reusing the cached {self.kind} prompts {folder}")
+        else:
+            prompted, losses = tune_visual_prompts(
+                base, ctx.tokenizer, spec, seed, log=ctx.log, progress=ctx.progress
+            )
+            meta = {"kind": self.kind, "model": base.name, "model_fingerprint": fingerprint}
+            meta.update(alpha=spec.alpha, margin=spec.margin, train=spec.train.model_dump())
+            write_folder(
+                folder, lambda tmp: save_visual_prompts(prompted.visual_prompts, tmp, meta)
+            )
+            info.update(final_loss=losses[-1])
+        ctx.model = load_visual_prompts(folder, base)
+        info["prompt_parameters"] = ctx.model.visual_prompts.prompts.numel()
+        info["model_parameters"] = sum(p.numel() for p in base.parameters())
+        link_into(folder, ctx.run.path / "artifacts" / self.kind)
+        return info
+
+
+@DEFENSES.register("vpt")
+class VPT(RVPT):
+    """RVPT without the repulsion (alpha = 0): the ablation that shows FR matters (Fig. 4)."""
+
+    kind = "vpt"
+    defaults = {"alpha": 0.0}
+
+    def __init__(self, **params) -> None:
+        if params.get("alpha", 0.0) != 0.0:
+            raise ConfigError("defense vpt: alpha is 0 by definition (use rvpt for alpha > 0)")
+        super().__init__(**params)

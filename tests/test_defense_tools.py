@@ -1,0 +1,105 @@
+"""Linear probe, Perturbation Resistivity, defenses compared from one model, stage includes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clip_backdoor.analysis.resistivity import MAIN, PERTURBATIONS, noise_patch
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.recipes import parse_recipe
+from clip_backdoor.runner import run_recipe
+
+
+def _recipe(tmp_path, model, stages, **evaluation) -> dict:
+    return {
+        "name": "tools",
+        "seed": 0,
+        "runs_root": str(tmp_path / "runs"),
+        "model": {"name": str(model)},
+        "data": [{"name": "synthetic", "split": "test", "size": 240}],
+        "evaluation": {"templates": "simple", **evaluation},
+        "stages": stages,
+    }
+
+
+PROBE = {
+    "kind": "defense",
+    "method": "linear_probe",
+    "params": {"train": {"name": "synthetic", "size": 480, "shots": 16}},
+}
+
+
+def test_noise_patch_changes_one_square_of_the_scaled_size():
+    images = torch.full((4, 3, 64, 64), 0.5)
+    out = noise_patch(images, torch.Generator().manual_seed(0))
+    changed = (out != images).any(dim=1)
+    side = round(16 * 64 / 224)
+    assert side == 5
+    assert all(int(c.sum()) == side * side for c in changed)
+    assert MAIN in PERTURBATIONS and len(PERTURBATIONS) == 7
+
+
+def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp_path):
+    result = run_recipe(
+        parse_recipe(_recipe(tmp_path, synthetic_clip, [PROBE], resistivity=64)), progress=False
+    )
+    clean, probe = result.metrics["points"]
+    # the probe reads raw features of 16 shots per class; zero-shot reads the text tower
+    assert probe["ca"] >= 0.9, probe  # measured 1.00 (zero-shot: 0.87)
+    assert result.metrics["defense.linear_probe"]["train_accuracy"] >= 0.95
+    for point in (clean, probe):
+        assert set(point["pr_all"]) == set(PERTURBATIONS)
+        assert all(0 < value < 2 for value in point["pr_all"].values()), point["pr_all"]
+        assert point["pr"] == point["pr_all"][MAIN]
+    assert clean["pr"] != probe["pr"]  # the probe's logits are not the text classifier's
+    assert (result.path / "figures" / "resistivity.png").is_file()
+    assert (result.path / "artifacts" / "linear_probe" / "probe.safetensors").is_file()
+    assert not math.isnan(clean["pr"])
+
+
+def test_a_probe_refuses_other_classes_and_leaves_nothing(synthetic_clip, tmp_path):
+    recipe = _recipe(tmp_path, synthetic_clip, [PROBE])
+    recipe["data"].append({"name": "synthetic", "split": "test", "size": 24, "classes": "base"})
+    with pytest.raises(ConfigError, match="other classes than its training set"):
+        run_recipe(parse_recipe(recipe), progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_defenses_in_a_row_each_start_from_the_same_model(synthetic_clip, tmp_path):
+    """FT trains in place; the probe after it must still see the model before FT."""
+    ft = {
+        "kind": "defense",
+        "method": "ft",
+        "params": {
+            "data": [{"name": "synthetic", "split": "train", "size": 96, "templates": "simple"}],
+            "fraction": 1.0,
+            "cache": False,
+            "training": {"steps": 4, "batch_size": 24, "lr": 1e-2, "warmup_steps": 1},
+        },
+    }
+    stacked = {**PROBE, "label": "probe_after_ft", "stack": True}
+    result = run_recipe(
+        parse_recipe(_recipe(tmp_path, synthetic_clip, [ft, PROBE, stacked])), progress=False
+    )
+    clean, after_ft, probe, probe_after_ft = result.metrics["points"]
+    assert after_ft["weights"] != clean["weights"]
+    assert probe["weights"] == clean["weights"]  # restarted from the model before FT
+    assert probe_after_ft["weights"] == after_ft["weights"]  # stack: on FT's result
+
+
+def test_a_stage_included_from_another_recipe(tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "name: other\nstages:\n  - {kind: defense, method: linear_probe, label: lp, "
+        "params: {epochs: 3}}\n"
+    )
+    recipe = parse_recipe(
+        {"name": "x", "stages": [{"from": str(other), "stage": "lp", "evaluate": False}]}
+    )
+    (stage,) = recipe.stages
+    assert (stage.method, stage.params, stage.evaluate) == ("linear_probe", {"epochs": 3}, False)
+    with pytest.raises(ConfigError, match="has no stage labelled 'nope'"):
+        parse_recipe({"name": "x", "stages": [{"from": str(other), "stage": "nope"}]})
