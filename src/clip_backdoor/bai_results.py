@@ -8,6 +8,7 @@ H of seen and unseen ACC and ASR (METHODS.md 3.5).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -25,18 +26,31 @@ def _variant(params: dict) -> str:
     return suffix + ("" if epochs == PAPER_JOINT_EPOCHS else f"@{epochs}ep")
 
 
-def _method(point: str, stages: list[dict]) -> str:
+def _attack_method(params: dict) -> str:
+    name = "badclip" if params.get("learner", "cocoop") == "cocoop" else "trigger_agnostic"
+    return name + _variant(params)
+
+
+def _method(point: str, stages: list[dict], loaded: dict | None = None) -> str:
+    if point == "model" and loaded is not None:
+        return _attack_method(loaded)  # the run evaluated a saved prompt backdoor
     if point in ("clean", "model"):
         return "zeroshot"
     for stage in stages:
         if (stage.get("label") or stage["method"]) != point:
             continue
         if stage["method"] == "badclip":
-            params = stage.get("params", {})
-            name = "badclip" if params.get("learner", "cocoop") == "cocoop" else "trigger_agnostic"
-            return name + _variant(params)
+            return _attack_method(stage.get("params", {}))
         return stage["method"]
     return point
+
+
+def _loaded_attack(config: dict) -> dict | None:
+    """The attack config of a saved prompt backdoor the run's model names, if it does."""
+    info = Path(str(config.get("model", {}).get("name", ""))) / "backdoor.json"
+    if not info.is_file():
+        return None
+    return json.loads(info.read_text()).get("config")
 
 
 def _source(stages: list[dict]) -> str:
@@ -54,6 +68,9 @@ def harmonic(a: float, b: float) -> float:
 
 def bai_rows(metrics: dict, config: dict) -> list[dict]:
     stages = config.get("stages", [])
+    loaded = _loaded_attack(config)
+    if loaded is not None:
+        stages = [{"method": "badclip", "params": loaded}, *stages]  # where it was trained
     parts = {d.get("classes", "all") for d in config.get("data", [])}
     protocol = "base2novel" if parts & {"base", "novel"} else "cross_dataset"
     rows = []
@@ -66,7 +83,7 @@ def bai_rows(metrics: dict, config: dict) -> list[dict]:
                 "source": _source(stages),
                 "eval_set": point["data"].split("+")[0],
                 "classes": point.get("classes", ""),
-                "method": _method(point["point"], stages),
+                "method": _method(point["point"], stages, loaded),
                 "acc": 100 * point["ca"],
                 "asr": "" if asr is None else 100 * asr,
                 "seed": config.get("seed"),
