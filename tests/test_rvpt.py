@@ -96,10 +96,10 @@ def defended(tmp_path, method: str, attack: bool = True, **params) -> dict:
             "kind": "defense",
             "method": method,
             "params": {
-                "train": {"name": "synthetic", "split": "train", "size": 480, "shots": 16},
+                "train": {"name": "synthetic", "split": "train", "size": 480, "shots": 8},
                 "length": 4,
                 "templates": "simple",
-                "training": {"epochs": 20, "batch_size": 16, "lr": 1.0, "views": 2},
+                "training": {"epochs": 10, "batch_size": 16, "lr": 1.0, "views": 2},
                 # the tiny model needs a strong push to leave its features
                 **({"alpha": 8.0} if method == "rvpt" else {}),
                 **params,

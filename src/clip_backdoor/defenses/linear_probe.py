@@ -95,6 +95,7 @@ class LinearProbeDefense:
         precision = precision_mod.resolve(spec.precision)
         pairs = torch.utils.data.TensorDataset(shots.images, shots.labels)
         features, labels = encode_images(ctx.model, pairs, precision=precision, normalize=False)
+        features = features.clone()  # out of inference mode: the probe backpropagates
         layer, losses = fit_probe(features, labels, len(shots.classnames), spec, seed)
         train_acc = (layer(features).argmax(1) == labels).float().mean().item()
         ctx.learner = LinearProbe(layer.eval(), shots.classnames)
