@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clip_backdoor.errors import ConfigError, ModelLoadError
+from clip_backdoor.info_files import read_info
 from clip_backdoor.models.image_tower import ImageTower, check_prompt_depth
 from clip_backdoor.models.pixel_clip import PixelCLIP
 
@@ -94,13 +95,7 @@ def save_visual_prompts(prompts: VisualPrompts, folder: Path, info: dict) -> Non
 
 
 def visual_prompt_info(folder: str | Path) -> dict:
-    path = Path(folder) / VISUAL_PROMPT_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"{folder} is not a visual-prompt folder (no {VISUAL_PROMPT_FILE})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
+    return read_info(folder, VISUAL_PROMPT_FILE, "visual-prompt")
 
 
 def load_visual_prompts(folder: str | Path, model: PixelCLIP) -> PromptedCLIP:

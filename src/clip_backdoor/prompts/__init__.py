@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.info_files import read_info
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts import cocoop, coop  # noqa: F401  (registers the learners)
 from clip_backdoor.prompts.base import PromptLearner
@@ -40,13 +41,7 @@ def save_prompts(learner: PromptLearner, folder: Path, info: dict | None = None)
 
 
 def prompt_info(folder: str | Path) -> dict:
-    path = Path(folder) / PROMPT_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"{folder} is not a prompt-learner folder (no {PROMPT_FILE})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
+    return read_info(folder, PROMPT_FILE, "prompt-learner")
 
 
 def load_prompts(folder: str | Path, model: PixelCLIP, tokenizer) -> PromptLearner:
