@@ -214,14 +214,18 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             if ctx.trigger is None and recipe.stages:
                 clean_model = copy.deepcopy(ctx.model)  # stages may train the model in place
         undefended = None  # (model, learner) the defenses in a row each start from
-        for spec, stage in zip(recipe.stages, stages, strict=True):
+        for index, (spec, stage) in enumerate(zip(recipe.stages, stages, strict=True)):
             label = spec.label or spec.method
+            restarts = _restarts_after(recipe.stages, index)
             if spec.kind != "defense":
                 undefended = None
             elif undefended is None:
-                undefended = (copy.deepcopy(ctx.model), ctx.learner)  # FT trains in place
+                # FT trains in place: keep a copy only if a later defense must start from it
+                undefended = (copy.deepcopy(ctx.model) if restarts else None, ctx.learner)
             elif not spec.stack:
-                ctx.model, ctx.learner = copy.deepcopy(undefended[0]), undefended[1]
+                model = undefended[0]
+                ctx.model = copy.deepcopy(model) if restarts else model
+                ctx.learner = undefended[1]
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
             if clean_model is not None and ctx.trigger is not None:
@@ -273,6 +277,17 @@ def _check_target(name: str, test_sets) -> None:
     if all(target_index(name, data) is None for data in test_sets):
         sets = ", ".join(d.name for d in test_sets)
         raise DatasetError(f"target class '{name}' is not a class of the evaluation data ({sets})")
+
+
+def _restarts_after(specs: list, index: int) -> bool:
+    """Whether a defense after ``specs[index]``, in the same row of defenses, starts over from
+    the model before the row (so that model must be kept intact)."""
+    for later in specs[index + 1 :]:
+        if later.kind != "defense":
+            return False
+        if not later.stack:
+            return True
+    return False
 
 
 def _evaluate_point(
