@@ -69,7 +69,7 @@ class BadEncoder:
         trigger_params = dict(spec.trigger.params)
         trigger_params.setdefault("size", max(3, round(50 * model.image_size / 224)))
         trigger = build_trigger(spec.trigger.name, trigger_params, model.image_size, seed)
-        sources = [PairSource(s.name, s.split, s.templates, s.size) for s in spec.data]
+        sources = [PairSource.of(s) for s in spec.data]
         data = ImageTextPairs(
             sources, ctx.tokenizer, model.image_size, False, seed, in_memory=False
         )

@@ -36,27 +36,35 @@ class FineTune:
             ctx.progress,
             fraction=spec.fraction,
         )
-        key = cache_key("ft", model_fingerprint(ctx.model), spec.model_dump(), seed, data.summary)
-        folder = cache_root() / "defenses" / key
-        reused = spec.cache and (folder / "open_clip_config.json").is_file()
-        info = {"pairs": len(data), "cache_key": key, "reused": reused}
-        if reused:
-            ctx.log(f"reusing the cached FT model {folder}")
-        else:
-            partial = cache_root() / "defenses" / f"{key}.partial"
-            result = train(
-                ctx.model,
-                data,
-                spec.training,
-                seed,
-                partial,
-                resume=(partial / CHECKPOINT).is_file(),
-                log=ctx.log,
-                progress=ctx.progress,
-            )
-            write_folder(folder, lambda tmp: save_clip(ctx.model, tmp, overwrite=True))
-            info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
-            shutil.rmtree(partial, ignore_errors=True)
-        ctx.model = load_clip(folder, device=ctx.recipe.device).model
-        link_into(folder, ctx.run.path / "artifacts" / "ft")
-        return info
+        return fine_tune_cached(ctx, "ft", spec, data, data.summary)
+
+
+def fine_tune_cached(ctx, kind: str, spec, data, summary, objective=None) -> dict:
+    """Fine-tune ``ctx.model`` on ``data`` with the engine (or reuse an identical earlier run's
+    model), then continue the run with it; resumable after an interruption."""
+    seed = ctx.recipe.seed
+    key = cache_key(kind, model_fingerprint(ctx.model), spec.model_dump(), seed, summary)
+    folder = cache_root() / "defenses" / key
+    reused = spec.cache and (folder / "open_clip_config.json").is_file()
+    info = {"pairs": len(data), "cache_key": key, "reused": reused}
+    if reused:
+        ctx.log(f"reusing the cached {kind} model {folder}")
+    else:
+        partial = cache_root() / "defenses" / f"{key}.partial"
+        result = train(
+            ctx.model,
+            data,
+            spec.training,
+            seed,
+            partial,
+            resume=(partial / CHECKPOINT).is_file(),
+            log=ctx.log,
+            progress=ctx.progress,
+            objective=objective,
+        )
+        write_folder(folder, lambda tmp: save_clip(ctx.model, tmp, overwrite=True))
+        info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
+        shutil.rmtree(partial, ignore_errors=True)
+    ctx.model = load_clip(folder, device=ctx.recipe.device).model
+    link_into(folder, ctx.run.path / "artifacts" / kind)
+    return info

@@ -31,6 +31,7 @@ from clip_backdoor.data import (
     resolve_path,
 )
 from clip_backdoor.data.classification import load_rgb
+from clip_backdoor.data.fewshot import few_shot_indices
 from clip_backdoor.errors import DatasetError
 from clip_backdoor.evaluation.zeroshot import resolve_templates
 
@@ -43,6 +44,13 @@ class PairSource:
     split: str = "train"
     templates: str | list[str] = "openai"
     size: int | None = None  # synthetic set only
+    shots: int | None = None  # k images per class, drawn as the few-shot defenses draw them
+
+    @classmethod
+    def of(cls, spec, shots: int | None = None) -> PairSource:
+        """From a recipe's ``SourceSpec`` (``shots`` is not one of its fields: a new field
+        would change the cache keys of every saved attack)."""
+        return cls(spec.name, spec.split, spec.templates, spec.size, shots)
 
 
 def train_transform(image_size: int, augment: bool):
@@ -143,8 +151,12 @@ class ImageTextPairs(Dataset):
                 name = root.name
                 if (root / "classnames.json").is_file():
                     data = ClassificationSet(root, source.split)
-                    self._add_labelled(data.samples, data.classnames, source.templates)
+                    self._add_labelled(
+                        data.samples, data.classnames, source.templates, source.shots
+                    )
                 else:
+                    if source.shots:
+                        raise DatasetError(f"{name}: shots apply to classification sets only")
                     self._add_captions(load_captions(source.name, source.split))
             self.summary.append((name, source.split, len(self.entries) - before))
         if fraction < 1:  # a seeded share of the pairs (e.g. the defender's clean data)
@@ -173,8 +185,12 @@ class ImageTextPairs(Dataset):
     def group_id(self, key: str) -> int:
         return self._groups.setdefault(key, len(self._groups))
 
-    def _add_labelled(self, samples, classnames: list[str], templates) -> None:
+    def _add_labelled(self, samples, classnames: list[str], templates, shots=None) -> None:
         templates = resolve_templates(templates)
+        if shots:  # the same k per class as ``few_shot_indices`` gives the prompt defenses
+            samples = [
+                samples[i] for i in few_shot_indices([y for _, y in samples], shots, self.seed)
+            ]
         for ref, label in samples:
             name = prompt_name(classnames[label])
             captions = [t.format(name) for t in templates]
@@ -186,7 +202,7 @@ class ImageTextPairs(Dataset):
         extra = {"size": source.size} if source.size else {}
         self.synthetic = SyntheticShapes(source.split, image_size=image_size, seed=seed, **extra)
         samples = [(i, label) for i, label in enumerate(self.synthetic.targets)]
-        self._add_labelled(samples, self.synthetic.classnames, source.templates)
+        self._add_labelled(samples, self.synthetic.classnames, source.templates, source.shots)
 
     def _add_captions(self, captions: CaptionSet) -> None:
         by_image: dict[str, list[str]] = {}
@@ -243,10 +259,12 @@ def pairs_for_training(
     seed: int,
     progress: bool = False,
     fraction: float = 1.0,
+    shots: int | None = None,
 ) -> ImageTextPairs:
-    """Pairs from recipe source specs, augmented and held in memory as ``training`` says."""
+    """Pairs from recipe source specs, augmented and held in memory as ``training`` says;
+    ``shots`` keeps k images per class of each classification source."""
     return ImageTextPairs(
-        [PairSource(s.name, s.split, s.templates, s.size) for s in sources],
+        [PairSource.of(s, shots) for s in sources],
         tokenizer,
         image_size,
         training.augment,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,30 @@ from clip_backdoor.engine.loss import MAX_LOGIT_SCALE, distributed_clip_loss
 from clip_backdoor.engine.pairs import ImageTextPairs
 from clip_backdoor.engine.sampler import ShardedBatches
 from clip_backdoor.models import PixelCLIP
+
+Objective = Callable[
+    [torch.nn.Module, PixelCLIP, tuple[torch.Tensor, ...], bool, Dist], torch.Tensor
+]
+
+
+def clip_objective(
+    net: torch.nn.Module,
+    model: PixelCLIP,
+    batch: tuple[torch.Tensor, ...],
+    label_aware: bool,
+    dist: Dist,
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the global batch (label-aware targets if asked)."""
+    images, tokens, groups = batch[:3]
+    image_features, text_features, _ = net(images, tokens)
+    return distributed_clip_loss(
+        image_features.float(),
+        text_features.float(),
+        model.clip.logit_scale.float(),
+        groups if label_aware else None,
+        dist.rank,
+        dist.world_size,
+    )
 
 
 @dataclass
@@ -103,9 +127,15 @@ def train(
     resume: bool = False,
     log=print,
     progress: bool = True,
+    objective: Objective | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; checkpoints go to ``checkpoint_dir`` (main process only)."""
+    """Train ``model`` in place; checkpoints go to ``checkpoint_dir`` (main process only).
+
+    ``objective`` maps a batch (the data set's items stacked: images, tokens, groups, and
+    whatever else it yields) to the loss; the default is the multimodal InfoNCE.
+    """
     dist = dist or Dist()
+    objective = objective or clip_objective
     device = next(model.parameters()).device
     freeze_towers(model, spec.freeze)
     model.train()
@@ -153,29 +183,15 @@ def train(
     batches = _batches(data, spec, seed, dist, epoch, start_batch)
     seen, started, saving = 0, time.perf_counter(), 0.0  # saving: checkpoint I/O time
     while step < steps:
-        epoch, batch_index, (images, tokens, groups) = next(batches)
+        epoch, batch_index, batch = next(batches)
         loss_value = 0.0
-        micro = list(
-            zip(
-                images.chunk(spec.accum_steps),
-                tokens.chunk(spec.accum_steps),
-                groups.chunk(spec.accum_steps),
-                strict=True,
-            )
-        )
-        for i, (im, tok, grp) in enumerate(micro):
+        micro = list(zip(*(part.chunk(spec.accum_steps) for part in batch), strict=True))
+        for i, parts in enumerate(micro):
             sync = i == len(micro) - 1 or dist.world_size == 1
             context = net.no_sync() if not sync else contextlib.nullcontext()
             with context, precision_mod.autocast(precision, device):
-                image_features, text_features, _ = net(im.to(device), tok.to(device))
-                loss = distributed_clip_loss(
-                    image_features.float(),
-                    text_features.float(),
-                    model.clip.logit_scale.float(),
-                    grp.to(device) if spec.label_aware else None,
-                    dist.rank,
-                    dist.world_size,
-                )
+                parts = tuple(part.to(device) for part in parts)
+                loss = objective(net, model, parts, spec.label_aware, dist)
             (loss / len(micro)).backward()
             loss_value += loss.item() / len(micro)
         if spec.grad_clip:

@@ -1,0 +1,144 @@
+"""CleanCLIP: clean fine-tuning with in-modal self-supervision (METHODS.md 4.2).
+
+L = lambda_clip * L_CLIP + lambda_ss * L_SS on clean pairs, where L_SS contrasts each image with
+its AutoAugment view (torchvision, ImageNet policy, redrawn every epoch) and each caption with
+its EDA view (one per caption, fixed). Why it should help: the backdoor couples a trigger with
+the target caption across modalities; learning each modality on its own again breaks that
+spurious link. The engine trains it; only the batch items and the objective differ from FT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import gather_features
+from pydantic import Field
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from clip_backdoor.data.eda import eda
+from clip_backdoor.defenses.ft import fine_tune_cached
+from clip_backdoor.engine.config import SourceSpec, TrainingSpec
+from clip_backdoor.engine.distributed import Dist
+from clip_backdoor.engine.loss import contrastive_targets, distributed_clip_loss
+from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training, single_thread
+from clip_backdoor.models import PixelCLIP
+from clip_backdoor.recipes import Strict, validate
+from clip_backdoor.registry import DEFENSES
+
+
+class CleanCLIPSpec(Strict):
+    data: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec(name="caltech101", templates="photo")],
+        description="the defender's clean pairs (captions from templates for class sets)",
+    )
+    shots: int | None = Field(16, ge=1, description="k images per class (None: every image)")
+    lambda_clip: float = Field(1.0, ge=0)
+    lambda_ss: float = Field(1.0, ge=0)
+    eda_alpha: float = Field(0.1, gt=0, le=1, description="EDA's rate for each operation")
+    training: TrainingSpec
+    cache: bool = True
+
+
+class SelfSupervisedPairs(Dataset):
+    """Items of ``pairs`` plus an AutoAugment view of the image and an EDA view of the caption."""
+
+    def __init__(self, pairs: ImageTextPairs, eda_alpha: float) -> None:
+        self.pairs, self.eda_alpha = pairs, eda_alpha
+        self.autoaugment = transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET)
+        self._eda: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+    def preload(self) -> None:
+        self.pairs.preload()
+
+    def eda_tokens(self, caption: str) -> torch.Tensor:
+        """The caption's one EDA view, seeded by the caption itself (the same in every epoch)."""
+        if caption not in self._eda:
+            digest = hashlib.sha256(f"{self.pairs.seed}|{caption}".encode()).digest()
+            text = eda(caption, int.from_bytes(digest[:4], "little"), self.eda_alpha)
+            self._eda[caption] = self.pairs.tokenizer([text])[0]
+        return self._eda[caption]
+
+    def __getitem__(self, index: int):
+        image, tokens, group = self.pairs[index]
+        caption = self.pairs.pick_caption(index, self.pairs.entries[index].captions)
+        with torch.random.fork_rng(devices=[]), single_thread():
+            torch.manual_seed(self.pairs.item_seed(index) ^ 0x5EED)
+            view = self.autoaugment(self.pairs.plain_image(index)).float() / 255
+        return image, tokens, group, view, self.eda_tokens(caption)
+
+
+def in_modal_loss(
+    features: torch.Tensor,
+    views: torch.Tensor,
+    scale: torch.Tensor,
+    groups: torch.Tensor | None,
+    dist: Dist,
+) -> torch.Tensor:
+    """CE of each item against every view in the (global) batch, its own view the positive."""
+    if dist.world_size > 1:
+        features, views = gather_features(
+            features, views, gather_with_grad=True, rank=dist.rank, world_size=dist.world_size
+        )
+        if groups is not None:
+            gathered = [torch.empty_like(groups) for _ in range(dist.world_size)]
+            torch.distributed.all_gather(gathered, groups)
+            groups = torch.cat(gathered)
+    logits = scale.exp() * features @ views.T
+    if groups is None:
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    return F.cross_entropy(logits, contrastive_targets(groups))
+
+
+def cleanclip_objective(spec: CleanCLIPSpec):
+    """The engine objective: CLIP's loss on the pairs plus the two in-modal losses."""
+
+    def objective(net, model: PixelCLIP, batch, label_aware: bool, dist: Dist) -> torch.Tensor:
+        images, tokens, groups, image_views, text_views = batch
+        n = len(images)
+        image_features, text_features, _ = net(
+            torch.cat([images, image_views]), torch.cat([tokens, text_views])
+        )
+        image_features, text_features = image_features.float(), text_features.float()
+        scale = model.clip.logit_scale.float()
+        text_groups = groups if label_aware else None  # templated captions repeat in a batch
+        loss_clip = distributed_clip_loss(
+            image_features[:n], text_features[:n], scale, text_groups, dist.rank, dist.world_size
+        )
+        loss_ss = (
+            in_modal_loss(image_features[:n], image_features[n:], scale, None, dist)
+            + in_modal_loss(text_features[:n], text_features[n:], scale, text_groups, dist)
+        ) / 2
+        return spec.lambda_clip * loss_clip + spec.lambda_ss * loss_ss
+
+    return objective
+
+
+@DEFENSES.register("cleanclip")
+class CleanCLIP:
+    def __init__(self, **params) -> None:
+        self.spec = validate(CleanCLIPSpec, params, "defense cleanclip")
+
+    def run(self, ctx) -> dict:
+        spec, seed = self.spec, ctx.recipe.seed
+        pairs = pairs_for_training(
+            spec.data,
+            ctx.tokenizer,
+            ctx.model.image_size,
+            spec.training,
+            seed,
+            ctx.progress,
+            shots=spec.shots,
+        )
+        data = SelfSupervisedPairs(pairs, spec.eda_alpha)
+        return fine_tune_cached(
+            ctx, "cleanclip", spec, data, pairs.summary, objective=cleanclip_objective(spec)
+        )
