@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         "results", help="summarise run folders into results/<table>.md and .csv"
     )
     res.add_argument(
-        "table", choices=["poisoning", "bai", "defenses"], help="which summary table to write"
+        "table",
+        choices=["poisoning", "bai", "defenses", "ablation"],
+        help="which summary table to write (ablation: one file set per ablation recipe)",
     )
     res.add_argument(
         "runs",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from clip_backdoor.ablation_results import ablation_rows, write_ablations
 from clip_backdoor.bai_results import bai_rows, write_bai
 from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
@@ -147,7 +148,7 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai", "defenses")
+TABLES = ("poisoning", "bai", "defenses", "ablation")
 
 
 def run_record(table: str, folder: Path) -> dict:
@@ -157,6 +158,8 @@ def run_record(table: str, folder: Path) -> dict:
         rows = bai_rows(metrics, config)
     elif table == "defenses":
         rows = defense_rows(metrics, config, trigger_label)
+    elif table == "ablation":
+        rows = ablation_rows(metrics, config)
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
@@ -206,6 +209,8 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         return write_bai(rows, sources, out, ledger_file.name)
     if table == "defenses":
         return write_defenses(rows, sources, out, ledger_file.name)
+    if table == "ablation":
+        return write_ablations(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")
