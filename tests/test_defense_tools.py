@@ -104,3 +104,37 @@ def test_a_stage_included_from_another_recipe(tmp_path):
     assert (stage.method, stage.params, stage.evaluate) == ("linear_probe", {"epochs": 3}, False)
     with pytest.raises(ConfigError, match="has no stage labelled 'nope'"):
         parse_recipe({"name": "x", "stages": [{"from": str(other), "stage": "nope"}]})
+
+
+def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
+    from clip_backdoor.ablation_results import ablation_rows, write_ablations
+
+    def stage(label, shots):
+        params = {"train": {"name": "caltech101", "shots": shots}, "alpha": 2.0}
+        return {"kind": "defense", "method": "rvpt", "label": label, "params": params}
+
+    config = {
+        "name": "rvpt_ablation_shots",
+        "seed": 3,
+        "stages": [{"kind": "attack", "method": "poison"}, stage("s1", 1), stage("s4", 4)],
+    }
+    point = {"data": "caltech101"}
+    metrics = {
+        "points": [
+            {**point, "point": "clean", "kind": "clean", "ca": 0.6, "asr": 0.01},
+            {**point, "point": "attack", "kind": "attack", "ca": 0.5, "asr": 0.9},
+            {**point, "point": "s1", "kind": "defense", "ca": 0.3, "asr": 0.7},
+            {**point, "point": "s4", "kind": "defense", "ca": 0.4, "asr": 0.2},
+        ]
+    }
+    rows = ablation_rows(metrics, config)
+    assert [(r["defense"], r["parameter"], r["value"]) for r in rows] == [
+        ("none", "train.shots", ""),
+        ("s1", "train.shots", "1"),
+        ("s4", "train.shots", "4"),
+    ]
+    assert rows[2]["asr"] == pytest.approx(20.0) and rows[2]["seed"] == 3
+    write_ablations(rows, ["- `run`: recipe `recipes/rvpt_ablation_shots.yaml`"], tmp_path, "x")
+    assert (tmp_path / "ablation_rvpt_ablation_shots.png").stat().st_size > 1000
+    lines = (tmp_path / "ablation_rvpt_ablation_shots.csv").read_text().splitlines()
+    assert lines[0] == "ablation,defense,parameter,value,ca,asr,seed" and len(lines) == 4
