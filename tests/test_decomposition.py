@@ -74,3 +74,35 @@ def test_what_is_not_exactly_decomposable_is_refused(tiny):
         decompose(model, torch.rand(1, 3, 32, 32), token_layers=[7])
     with pytest.raises(ConfigError, match="not an open_clip ViT"):
         decompose(load_clip("RN50").model, torch.rand(1, 3, 224, 224))
+
+
+def test_clean_means_stream_and_repair_without_flags_is_the_identity(tiny):
+    from clip_backdoor.analysis.infected_heads import (
+        CleanMeans,
+        calibrated_thresholds,
+        flags,
+        head_scores,
+        repaired,
+    )
+
+    model = tiny.model.eval()
+    torch.manual_seed(2)
+    images = torch.rand(6, 3, model.image_size, model.image_size)
+    means = CleanMeans()
+    for batch in images.split(2):  # streamed in three batches
+        means.update(decompose(model, batch))
+    whole = decompose(model, images)
+    torch.testing.assert_close(means.mean("heads"), whole.heads.mean(0), atol=1e-6, rtol=0)
+
+    none = torch.zeros(whole.heads.shape[:3], dtype=torch.bool)
+    torch.testing.assert_close(repaired(whole, means, none), whole.total(), atol=1e-6, rtol=0)
+
+    scores = head_scores(whole, means)
+    thresholds = calibrated_thresholds(scores, 0.1)
+    flagged = flags(scores, thresholds, layers=[-1])
+    assert not flagged[:, 0].any()  # only the scanned (last) layer can be flagged
+    # the 10% quantile of 6 scores lies between the lowest and the second lowest: one per head
+    assert flagged[:, -1].sum(0).tolist() == [1] * whole.heads.shape[2]
+    fixed = repaired(whole, means, flagged)
+    changed = (fixed - whole.total()).abs().amax(-1) > 1e-6
+    assert changed.tolist() == flagged.flatten(1).any(1).tolist()

@@ -157,3 +157,14 @@ def test_bad_rvpt_input_is_one_line_and_leaves_nothing(tmp_path):
     with pytest.raises(ConfigError, match="alpha is 0 by definition"):
         defended(tmp_path, "vpt", attack=False, alpha=1.0)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_fr_on_the_class_token_is_an_option_with_its_own_cache_key(tmp_path):
+    from clip_backdoor.defenses.rvpt import RVPTSpec
+
+    assert "feature" not in RVPTSpec().key()  # prompts tuned before the option are still found
+    assert RVPTSpec(feature="cls").key()["feature"] == "cls"
+    cls = defended(tmp_path, "rvpt", attack=False, feature="cls", training={"epochs": 2})
+    embedding = defended(tmp_path, "rvpt", attack=False, training={"epochs": 2})
+    assert cls["defense.rvpt"]["cache_key"] != embedding["defense.rvpt"]["cache_key"]
+    assert cls["defense.rvpt"]["final_loss"] != embedding["defense.rvpt"]["final_loss"]

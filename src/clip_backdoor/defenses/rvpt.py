@@ -12,6 +12,8 @@ computed once, before the first epoch; an epoch runs only the prompted tower.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -56,9 +58,19 @@ class RVPTSpec(Strict):
     blocks: int | None = Field(None, ge=1, description="prompted blocks (default: to the last)")
     alpha: float = Field(2.0, ge=0, description="weight of the feature-repulsion loss FR")
     margin: float = Field(-1.0, ge=-1, le=1, description="FR's margin m (-1: full repulsion)")
+    feature: Literal["embedding", "cls"] = Field(
+        "embedding",
+        description="what FR compares: the image embedding, or the last block's CLS token "
+        "before ln_post (METHODS.md 4.4 reads 'class-token features' either way)",
+    )
     templates: str | list[str] = Field("photo", description="proxy captions of the classes")
     training: RVPTTrainingSpec = Field(default_factory=RVPTTrainingSpec)
     cache: bool = Field(True, description="reuse the prompts of an identical earlier run")
+
+    def key(self) -> dict:
+        """The spec as cache keys see it: ``feature`` at its default is left out, so prompts
+        tuned before the option existed are still found."""
+        return self.model_dump(exclude={"feature"} if self.feature == "embedding" else None)
 
 
 def repulsion(features: torch.Tensor, frozen: torch.Tensor, margin: float) -> torch.Tensor:
@@ -85,9 +97,15 @@ def tune_visual_prompts(
     training = spec.training
     precision = precision_mod.resolve(training.precision)
     views = AugmentedViews(data.images, training.views, seed)
-    frozen = (
-        view_features(model, views, precision=precision, progress=progress) if spec.alpha else None
-    )
+    normalize = model.normalize
+
+    def frozen_cls(pixels: torch.Tensor) -> torch.Tensor:
+        return tower.forward(normalize(pixels), tokens=True)[:, 0]
+
+    encode = frozen_cls if spec.feature == "cls" else None  # None: the embedding
+    frozen = None
+    if spec.alpha:
+        frozen = view_features(model, views, precision=precision, progress=progress, encode=encode)
     text = text_classifier(
         model, tokenizer, data.classnames, resolve_templates(spec.templates), precision=precision
     )
@@ -98,11 +116,18 @@ def tune_visual_prompts(
     def batch_loss(items: torch.Tensor, view: torch.Tensor, epoch: int) -> torch.Tensor:
         pixels = views.batch(items.tolist(), view.tolist()).to(device)
         with precision_mod.autocast(precision, device):
-            features = prompted.encode_image(pixels).float()
+            if spec.feature == "cls":
+                tokens = tower.forward(
+                    normalize(pixels), prompts.prompts, prompts.first, tokens=True
+                )
+                features = F.normalize(tower.pool(tokens).float(), dim=-1)
+                repelled = tokens[:, 0].float()
+            else:
+                features = repelled = prompted.encode_image(pixels).float()
         loss = F.cross_entropy(scale * features @ text.T, labels[items])
         if frozen is not None:
             loss = loss + spec.alpha * repulsion(
-                features, frozen[items, view].to(device), spec.margin
+                repelled, frozen[items, view].to(device), spec.margin
             )
         return loss
 
@@ -135,7 +160,7 @@ class RVPT:
         ImageTower.of(ctx.model)  # a non-ViT model is a one-line error before any work
         spec, seed, base = self.spec, ctx.recipe.seed, ctx.model
         fingerprint = model_fingerprint(base)
-        key = cache_key(self.kind, fingerprint, spec.model_dump(), seed)
+        key = cache_key(self.kind, fingerprint, spec.key(), seed)
         folder = cache_root() / "defenses" / key
         reused = spec.cache and (folder / "visual_prompt.json").is_file()
         info: dict = {"cache_key": key, "reused": reused}

@@ -90,8 +90,11 @@ def view_features(
     batch_size: int = 256,
     precision: str = "auto",
     progress: bool = False,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Normalised features (N, V, D) of every view of every image, encoded once."""
+    """Normalised features (N, V, D) of every view of every image, encoded once (by
+    ``encode`` if given, e.g. another read-out of the tower, else ``model.encode_image``)."""
+    encode = encode or model.encode_image
     n, count = len(views.images), views.count
     pairs = [(i, v) for v in range(count) for i in range(n)]
     device = next(model.parameters()).device
@@ -102,7 +105,7 @@ def view_features(
         part = pairs[start : start + batch_size]
         images = views.batch([i for i, _ in part], [v for _, v in part]).to(device)
         with precision_mod.autocast(precision, device):
-            chunks.append(model.encode_image(images).float().cpu())
+            chunks.append(encode(images).float().cpu())
     return torch.cat(chunks).view(count, n, -1).transpose(0, 1).contiguous()
 
 
