@@ -45,11 +45,16 @@ def defense_rows(metrics: dict, config: dict, label_of) -> list[dict]:
                 "asr": _pct(point.get("asr")),
                 "asr_all": _pct(point.get("asr_all")),
                 "pr": point.get("pr", math.nan),
+                "pr_trigger": point.get("pr_all", {}).get("trigger", math.nan),
                 "seed": config.get("seed"),
                 "eval_set": point["data"].split("+")[0],
             }
         )
     return rows
+
+
+def _three(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -77,6 +82,9 @@ def verdicts(rows: list[dict]) -> list[str]:
             line += f"; VPT ASR {mine['vpt']['asr']:.2f} ({lower})"
         if not math.isnan(rvpt["pr"]) and not math.isnan(none["pr"]):
             line += f"; PR {none['pr']:.3f} -> {rvpt['pr']:.3f}"
+            trigger = (none.get("pr_trigger", math.nan), rvpt.get("pr_trigger", math.nan))
+            if not any(math.isnan(v) for v in trigger):
+                line += f" (trigger {trigger[0]:.3f} -> {trigger[1]:.3f})"
         lines.append(line)
     return lines
 
@@ -84,14 +92,15 @@ def verdicts(rows: list[dict]) -> list[str]:
 def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     rows = sorted(rows, key=lambda r: (r["attack"], str(r["seed"]), r["eval_set"]))
     with (out / "defenses.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=DEFENSE_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=DEFENSE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
     headers = ["attack", "defense", "eval set", "seed", "CA %", "ASR %", "asr_all %", "PR"]
+    headers.append("PR (trigger)")
     body = [
         [r["attack"], r["defense"], r["eval_set"], r["seed"], r["ca"], r["asr"], r["asr_all"]]
-        + [f"{r['pr']:.3f}" if not math.isnan(r["pr"]) else "-"]
+        + [_three(r["pr"]), _three(r.get("pr_trigger", math.nan))]
         for r in rows
     ]
     checks = verdicts(rows)
@@ -100,8 +109,10 @@ def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name:
         + markdown_table(headers, body)
         + "\n\nCA: top-1 on clean test images. ASR: triggered test images whose true class is not"
         " the target, predicted as the target (asr_all: over all images). PR: Perturbation"
-        " Resistivity under a random 16/224-scaled noise patch (RVPT Eq. 1); higher is more"
-        " resistant. `none` is the attacked model before any defense.\n\n"
+        " Resistivity under a random 16/224-scaled noise patch (RVPT Eq. 1; 5 px at 64 px, which"
+        " moves mini-CLIP's features very little, so it sits near 1 everywhere); PR (trigger):"
+        " the same ratio with the run's trigger as the perturbation. Higher is more resistant."
+        " `none` is the attacked model before any defense.\n\n"
         + ("RVPT against the bar:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
         + "Written by `clip-backdoor results defenses RUN_DIR...` from these run folders "
         f"(each recorded in `{ledger_name}`):\n\n" + "\n".join(sources) + "\n"
