@@ -65,6 +65,11 @@ class EvaluationSpec(Strict):
     resistivity: int = Field(
         0, ge=0, description="test images for Perturbation Resistivity at every point (0: off)"
     )
+    add_target: bool = Field(
+        False,
+        description="insert the target name at index 0 in sets that lack it, so ASR is measured "
+        "on them too (cross-dataset protocols); always on after a prompt-learner stage",
+    )
 
 
 class StageSpec(Strict):

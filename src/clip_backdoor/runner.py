@@ -200,7 +200,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         FeatureCache() if ev.cache else None,
         progress=progress,
         learner=learner,
-        target_first=learner is not None and trigger is not None,
+        target_first=(learner is not None or ev.add_target) and trigger is not None,
     )
     points: list[dict] = []
     try:
