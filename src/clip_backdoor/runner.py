@@ -200,7 +200,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         FeatureCache() if ev.cache else None,
         progress=progress,
         learner=learner,
-        target_first=(learner is not None or ev.add_target) and trigger is not None,
+        target_first=(learner is not None and trigger is not None) or ev.add_target,
     )
     points: list[dict] = []
     try:
@@ -296,7 +296,8 @@ def _evaluate_point(
     """CA (and ASR where the set has the target) of the current model on every set."""
     ev, rows = ctx.recipe.evaluation, []
     for data in ctx.test_sets:
-        if ctx.target_first and target_index(ctx.target_name, data) is None:
+        named = ctx.target_first and ctx.target_name is not None
+        if named and target_index(ctx.target_name, data) is None:
             data = TargetFirst(data, ctx.target_name)
         target = target_index(ctx.target_name, data) if ctx.trigger is not None else None
         trigger = ctx.trigger if target is not None else None
