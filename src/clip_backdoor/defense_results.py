@@ -89,8 +89,19 @@ def verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def unique_rows(rows: list[dict]) -> list[dict]:
+    """One row per (attack, defense, eval set, seed): a cached model evaluated again by another
+    recipe (e.g. the cross-dataset one) is the same measurement; the row with PR is kept."""
+    kept: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["attack"], row["defense"], row["eval_set"], row["seed"])
+        if key not in kept or (math.isnan(kept[key]["pr"]) and not math.isnan(row["pr"])):
+            kept[key] = row
+    return list(kept.values())
+
+
 def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
-    rows = sorted(rows, key=lambda r: (r["attack"], str(r["seed"]), r["eval_set"]))
+    rows = sorted(unique_rows(rows), key=lambda r: (r["attack"], str(r["seed"]), r["eval_set"]))
     with (out / "defenses.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=DEFENSE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
