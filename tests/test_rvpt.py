@@ -168,3 +168,12 @@ def test_fr_on_the_class_token_is_an_option_with_its_own_cache_key(tmp_path):
     embedding = defended(tmp_path, "rvpt", attack=False, training={"epochs": 2})
     assert cls["defense.rvpt"]["cache_key"] != embedding["defense.rvpt"]["cache_key"]
     assert cls["defense.rvpt"]["final_loss"] != embedding["defense.rvpt"]["final_loss"]
+
+    # the prompt folder evaluates on its own, on top of the model it was tuned on
+    folder = sorted((tmp_path / "runs").iterdir())[-1] / "artifacts" / "rvpt"
+    again = copy.deepcopy(POISON_RECIPE)
+    again.update(runs_root=str(tmp_path / "eval"), stages=[])
+    again["model"]["visual_prompts"] = str(folder)
+    (point,) = run_recipe(parse_recipe(again), progress=False).metrics["points"]
+    assert point["ca"] == embedding["points"][-1]["ca"]
+    assert point["weights"] == embedding["points"][-1]["weights"]

@@ -31,7 +31,12 @@ def _eval_recipe(args: argparse.Namespace):
             "seed": args.seed,
             "device": args.device,
             "runs_root": args.runs_root,
-            "model": {"name": args.model, "pretrained": args.pretrained, "arch": args.arch},
+            "model": {
+                "name": args.model,
+                "pretrained": args.pretrained,
+                "arch": args.arch,
+                "visual_prompts": args.visual_prompts,
+            },
             "data": {"name": args.data, "split": args.split},
             "evaluation": evaluation,
         },
@@ -136,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="mini", help="mini config, open_clip name, folder or file")
     ev.add_argument("--pretrained", help="pretrained tag (e.g. openai) or weights file")
     ev.add_argument("--arch", help="architecture of a bare weights file (else inferred)")
+    ev.add_argument(
+        "--visual-prompts",
+        metavar="FOLDER",
+        help="run the image tower with these deep visual prompts (a vpt/rvpt artifact)",
+    )
     ev.add_argument("--data", default="synthetic", help="'synthetic', a data set name or a path")
     ev.add_argument("--split", default="test", help="data split (default: test)")
     ev.add_argument("--templates", default="openai", help="openai, simple, photo, or 'a {} x'")

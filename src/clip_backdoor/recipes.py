@@ -27,6 +27,9 @@ class ModelSpec(Strict):
     name: str = Field("mini", description="mini config, open_clip architecture, folder or file")
     pretrained: str | None = Field(None, description="pretrained tag or weights file")
     arch: str | None = Field(None, description="architecture of a bare weights file")
+    visual_prompts: str | None = Field(
+        None, description="a visual-prompt folder (vpt/rvpt) to run the image tower with"
+    )
 
 
 class DataSpec(Strict):

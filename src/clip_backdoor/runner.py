@@ -118,8 +118,19 @@ def target_index(name: str | int | None, dataset) -> int | None:
 
 
 def _load_model(recipe: Recipe):
-    """(model, tokenizer, trigger, target, learner) of the recipe's model: backdoor artifacts
-    bring their trigger and target; a prompt-learner folder loads the CLIP it names under it."""
+    """(model, tokenizer, trigger, target, learner) of the recipe's model, with its visual
+    prompts applied if it names a folder of them."""
+    model, tokenizer, trigger, target, learner = _load_base_model(recipe)
+    if recipe.model.visual_prompts:
+        from clip_backdoor.models.visual_prompts import load_visual_prompts
+
+        model = load_visual_prompts(recipe.model.visual_prompts, model)
+    return model, tokenizer, trigger, target, learner
+
+
+def _load_base_model(recipe: Recipe):
+    """Backdoor artifacts bring their trigger and target; a prompt-learner folder loads the CLIP
+    it names under it."""
     spec = recipe.model
     if is_prompt_folder(spec.name):
         from clip_backdoor.attacks.badclip import load_prompt_backdoor
