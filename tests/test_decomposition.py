@@ -106,3 +106,20 @@ def test_clean_means_stream_and_repair_without_flags_is_the_identity(tiny):
     fixed = repaired(whole, means, flagged)
     changed = (fixed - whole.total()).abs().amax(-1) > 1e-6
     assert changed.tolist() == flagged.flatten(1).any(1).tolist()
+
+
+def test_detection_metrics_on_a_hand_built_case():
+    from clip_backdoor.evaluation.detection import detection_metrics, threshold_at_fpr
+
+    clean = [0, 0, 1, 1, 2, 2, 3, 3, 4, 9]  # one clean input scores like a triggered one
+    triggered = [5, 6, 7, 8, 9, 2]
+    metrics = detection_metrics(clean, triggered, fpr=0.1)
+    # pairs (triggered > clean) counted, ties as one half: 5 triggered beat 9 of 10 clean and
+    # tie 0 (9 ties for 9: 0.5), the score 2 beats 4 and ties 2: (5*9 + 0.5 + 4 + 1) / 60
+    assert metrics["auroc"] == pytest.approx((45 + 0.5 + 4 + 1) / 60)
+    assert metrics["threshold"] == 4  # one clean score (9) of ten may lie above it
+    assert metrics["fpr"] == pytest.approx(0.1)
+    assert metrics["tpr_at_fpr"] == pytest.approx(5 / 6)
+    assert threshold_at_fpr(clean, 0.0) == 9  # nothing clean above: only scores > 9 flagged
+    with pytest.raises(ConfigError, match="need both clean and triggered"):
+        detection_metrics([], [1.0])

@@ -1,0 +1,60 @@
+"""Scores of an input-level backdoor detector against clean/triggered labels (METHODS.md 7).
+
+Every detector (Decomp-Det, STRIP, SCALE-UP, TeCo) outputs one score per input, higher meaning
+"more likely triggered"; they are compared on the same inputs by AUROC, the TPR at a fixed false
+positive rate on clean inputs, and the threshold that reaches a target false-positive rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from clip_backdoor.errors import ConfigError
+
+
+def _check(clean: np.ndarray, triggered: np.ndarray) -> None:
+    if clean.size == 0 or triggered.size == 0:
+        raise ConfigError("detection metrics need both clean and triggered scores")
+
+
+def detection_metrics(clean, triggered, fpr: float = 0.05) -> dict[str, float]:
+    """AUROC (triggered positive), TPR at ``fpr`` on clean inputs, and that threshold."""
+    clean, triggered = np.asarray(clean, float), np.asarray(triggered, float)
+    _check(clean, triggered)
+    labels = np.r_[np.zeros(clean.size), np.ones(triggered.size)]
+    scores = np.r_[clean, triggered]
+    threshold = threshold_at_fpr(clean, fpr)
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "tpr_at_fpr": float((triggered > threshold).mean()),
+        "fpr": float((clean > threshold).mean()),
+        "threshold": float(threshold),
+        "target_fpr": fpr,
+        "n_clean": int(clean.size),
+        "n_triggered": int(triggered.size),
+    }
+
+
+def threshold_at_fpr(clean, fpr: float) -> float:
+    """The smallest threshold t with at most ``fpr`` of clean scores above it (flag: score > t).
+
+    Ties in discrete scores (e.g. counts of infected heads) can leave the reached rate below
+    the target; it never exceeds it.
+    """
+    if not 0 <= fpr < 1:
+        raise ConfigError(f"the false-positive rate must be in [0, 1), got {fpr}")
+    clean = np.sort(np.asarray(clean, float))
+    if clean.size == 0:
+        raise ConfigError("a threshold needs clean scores")
+    allowed = int(np.floor(fpr * clean.size))  # clean inputs that may lie above the threshold
+    return float(clean[clean.size - 1 - allowed])
+
+
+def roc_points(clean, triggered) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the ROC curve, for figures."""
+    clean, triggered = np.asarray(clean, float), np.asarray(triggered, float)
+    _check(clean, triggered)
+    labels = np.r_[np.zeros(clean.size), np.ones(triggered.size)]
+    fpr, tpr, _ = roc_curve(labels, np.r_[clean, triggered])
+    return fpr, tpr
