@@ -19,13 +19,13 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from clip_backdoor.data.eda import eda
-from clip_backdoor.defenses.ft import fine_tune_cached
+from clip_backdoor.defenses.ft import FineTune
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.loss import contrastive_targets, distributed_clip_loss
-from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training, single_thread
+from clip_backdoor.engine.pairs import ImageTextPairs, single_thread
 from clip_backdoor.models import PixelCLIP
-from clip_backdoor.recipes import Strict, validate
+from clip_backdoor.recipes import Strict
 from clip_backdoor.registry import DEFENSES
 
 
@@ -123,22 +123,12 @@ def cleanclip_objective(spec: CleanCLIPSpec):
 
 
 @DEFENSES.register("cleanclip")
-class CleanCLIP:
-    def __init__(self, **params) -> None:
-        self.spec = validate(CleanCLIPSpec, params, "defense cleanclip")
+class CleanCLIP(FineTune):
+    kind = "cleanclip"
+    spec_type = CleanCLIPSpec
 
-    def run(self, ctx) -> dict:
-        spec, seed = self.spec, ctx.recipe.seed
-        pairs = pairs_for_training(
-            spec.data,
-            ctx.tokenizer,
-            ctx.model.image_size,
-            spec.training,
-            seed,
-            ctx.progress,
-            shots=spec.shots,
-        )
-        data = SelfSupervisedPairs(pairs, spec.eda_alpha)
-        return fine_tune_cached(
-            ctx, "cleanclip", spec, data, pairs.summary, objective=cleanclip_objective(spec)
-        )
+    def dataset(self, pairs):
+        return SelfSupervisedPairs(pairs, self.spec.eda_alpha)
+
+    def objective(self):
+        return cleanclip_objective(self.spec)

@@ -22,21 +22,34 @@ from clip_backdoor.registry import DEFENSES
 
 @DEFENSES.register("ft")
 class FineTune:
+    """Contrastive fine-tuning on clean pairs; subclasses change the items and the objective."""
+
+    kind = "ft"
+    spec_type: type = FineTuneSpec
+
     def __init__(self, **params) -> None:
-        self.spec = validate(FineTuneSpec, params, "defense ft")
+        self.spec = validate(self.spec_type, params, f"defense {self.kind}")
+
+    def dataset(self, pairs):
+        return pairs
+
+    def objective(self):
+        return None  # the engine's InfoNCE
 
     def run(self, ctx) -> dict:
-        spec, seed = self.spec, ctx.recipe.seed
-        data = pairs_for_training(
+        spec = self.spec
+        pairs = pairs_for_training(
             spec.data,
             ctx.tokenizer,
             ctx.model.image_size,
             spec.training,
-            seed,
+            ctx.recipe.seed,
             ctx.progress,
-            fraction=spec.fraction,
+            fraction=getattr(spec, "fraction", 1.0),
+            shots=getattr(spec, "shots", None),
         )
-        return fine_tune_cached(ctx, "ft", spec, data, data.summary)
+        data = self.dataset(pairs)
+        return fine_tune_cached(ctx, self.kind, spec, data, pairs.summary, self.objective())
 
 
 def fine_tune_cached(ctx, kind: str, spec, data, summary, objective=None) -> dict:
