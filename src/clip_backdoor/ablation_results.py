@@ -119,7 +119,8 @@ def write_ablations(rows: list[dict], sources: list[str], out: Path, ledger_name
         text = (
             f"# Ablation `{name}`\n\n"
             + markdown_table(headers, body)
-            + f"\n\n![{name}]({stem.name}.png)\n\nCA/ASR as in `defenses.md`; `none` is the "
+            + f"\n\nLine plot: `{stem.name}.png`, written beside this file by the command"
+            " (figures are not committed).\n\nCA/ASR as in `defenses.md`; `none` is the "
             "attacked model. Written by `clip-backdoor results ablation RUN_DIR...` from these "
             f"run folders (each recorded in `{ledger_name}`):\n\n" + "\n".join(runs) + "\n"
         )
