@@ -16,10 +16,10 @@ import statistics
 import time
 
 import torch
+from bench_setup import frozen_model
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
 from clip_backdoor import precision
-from clip_backdoor.models import load_clip
 from clip_backdoor.prompts import get
 from clip_backdoor.prompts.training import (
     AugmentedViews,
@@ -74,11 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shots", type=int, default=16)
     args = parser.parse_args()
-    loaded = load_clip(args.model)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    model.requires_grad_(False)
-    mode = precision.resolve("auto")
-    print(f"CPU: {precision.cpu_name()}; precision {mode}; threads {torch.get_num_threads()}")
+    model, tokenizer, mode = frozen_model(args.model)
     generator = torch.Generator().manual_seed(0)
     n = args.shots * len(CLASSES)
     size = model.image_size

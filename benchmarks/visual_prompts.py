@@ -16,11 +16,11 @@ import statistics
 import time
 
 import torch
+from bench_setup import frozen_model
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
 from clip_backdoor import precision
 from clip_backdoor.defenses.rvpt import RVPTSpec, tune_visual_prompts
-from clip_backdoor.models import load_clip
 from clip_backdoor.models.image_tower import ImageTower
 
 
@@ -56,11 +56,7 @@ def main() -> None:
     parser.add_argument("--model", default="mini-clip")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    loaded = load_clip(args.model)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    model.requires_grad_(False)
-    mode = precision.resolve("auto")
-    print(f"CPU: {precision.cpu_name()}; precision {mode}; threads {torch.get_num_threads()}")
+    model, tokenizer, mode = frozen_model(args.model)
     size = model.image_size
     images = torch.rand((64, 3, size, size), generator=torch.Generator().manual_seed(0))
     pairs = [forward_times(model, images, mode) for _ in range(args.repeats)]
