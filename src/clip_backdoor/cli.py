@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument(
         "table",
-        choices=["poisoning", "bai", "defenses", "ablation"],
-        help="which summary table to write (ablation: one file set per ablation recipe)",
+        choices=["poisoning", "bai", "defenses", "ablation", "decomposition"],
+        help="which summary table to write (ablation: one file set per ablation recipe; "
+        "decomposition: decomposition.md, detection.csv and repair.csv)",
     )
     res.add_argument(
         "runs",

@@ -21,7 +21,7 @@ def _pct(value) -> float:
     return math.nan if value is None else 100 * float(value)
 
 
-def _attack_label(config: dict, label_of) -> str:
+def attack_label(config: dict, label_of) -> str:
     for stage in config.get("stages", []):
         if stage.get("kind") == "attack":
             trigger = stage.get("params", {}).get("trigger", {})
@@ -32,7 +32,7 @@ def _attack_label(config: dict, label_of) -> str:
 
 def defense_rows(metrics: dict, config: dict, label_of) -> list[dict]:
     """Rows of the attacked model and of each defense after it (``label_of`` names triggers)."""
-    attack = _attack_label(config, label_of)
+    attack = attack_label(config, label_of)
     rows = []
     for point in metrics.get("points", []):
         if point["kind"] not in ("attack", "defense"):

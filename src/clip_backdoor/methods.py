@@ -4,5 +4,6 @@
 def register_methods() -> None:
     import clip_backdoor.attacks  # noqa: F401
     import clip_backdoor.defenses  # noqa: F401
+    import clip_backdoor.detectors  # noqa: F401
     import clip_backdoor.prompts  # noqa: F401
     import clip_backdoor.triggers  # noqa: F401

@@ -68,6 +68,14 @@ class EvaluationSpec(Strict):
     resistivity: int = Field(
         0, ge=0, description="test images for Perturbation Resistivity at every point (0: off)"
     )
+    validation: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="a seeded part of the first evaluation set held out as clean validation "
+        "images for the stages (He et al.'s clean means and thresholds) and left out of every "
+        "reported number (default: 0.2 when a stage needs it, else none)",
+    )
     add_target: bool = Field(
         False,
         description="insert the target name at index 0 in sets that lack it, so ASR is measured "
@@ -160,15 +168,19 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
-def included_stage(stage, source: str):
+def included_stage(stage, source: str, depth: int = 0):
     """``{from: RECIPE, stage: LABEL}`` is that recipe's stage of that label (or method), with
     any other keys given overriding its own: recipes share an attack without copying it, and
-    share its cached artifact too, since the parameters are the same."""
+    share its cached artifact too, since the parameters are the same. The other recipe's stage
+    may itself be included from a third one."""
     if not isinstance(stage, dict) or "from" not in stage:
         return stage
+    if depth > 8:
+        raise ConfigError(f"{source}: stages included from each other in a loop")
     path, wanted = stage["from"], stage.get("stage")
     for other in read_yaml(path).get("stages", []):
-        if wanted in (other.get("label"), other.get("method")):
+        other = included_stage(other, str(path), depth + 1)
+        if isinstance(other, dict) and wanted in (other.get("label"), other.get("method")):
             rest = {k: v for k, v in stage.items() if k not in ("from", "stage")}
             return {**other, **rest}
     raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")

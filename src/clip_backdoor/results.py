@@ -18,6 +18,7 @@ import yaml
 
 from clip_backdoor.ablation_results import ablation_rows, write_ablations
 from clip_backdoor.bai_results import bai_rows, write_bai
+from clip_backdoor.decomposition_results import decomposition_rows, write_decomposition
 from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
 from clip_backdoor.runner import ASR_NOTE
@@ -148,7 +149,7 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai", "defenses", "ablation")
+TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition")
 
 
 def run_record(table: str, folder: Path) -> dict:
@@ -160,6 +161,8 @@ def run_record(table: str, folder: Path) -> dict:
         rows = defense_rows(metrics, config, trigger_label)
     elif table == "ablation":
         rows = ablation_rows(metrics, config)
+    elif table == "decomposition":
+        rows = decomposition_rows(metrics, config, trigger_label)
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
@@ -211,6 +214,8 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         return write_defenses(rows, sources, out, ledger_file.name)
     if table == "ablation":
         return write_ablations(rows, sources, out, ledger_file.name)
+    if table == "decomposition":
+        return write_decomposition(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")

@@ -25,9 +25,10 @@ from clip_backdoor.analysis.resistivity import MAIN, perturbation_resistivity, r
 from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.domain_shift import domain_shift
-from clip_backdoor.data.fewshot import TargetFirst, class_part
-from clip_backdoor.errors import DatasetError, UserError
+from clip_backdoor.data.fewshot import TargetFirst, class_part, holdout_split
+from clip_backdoor.errors import ConfigError, DatasetError, UserError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
+from clip_backdoor.evaluation.detection import roc_figure
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.evaluation.image_quality import image_quality
 from clip_backdoor.evaluation.zeroshot import text_classifier
@@ -67,6 +68,9 @@ class RunContext:
     learner: Any = None  # a prompt learner classifies instead of the zero-shot templates
     target_first: bool = False  # insert the target name at index 0 where a set lacks it
     resistivity: dict = field(default_factory=dict)  # point -> PR results (for the figure)
+    validation: Any = None  # clean images held out of the first set for the stages
+    detections: dict = field(default_factory=dict)  # detector label -> scores (for the ROC)
+    stage_label: str | None = None  # the running stage's label (names its files)
 
     @property
     def test_set(self):
@@ -185,6 +189,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             else target
         )
     stages = [build_stage(s) for s in recipe.stages]  # validates params before anything runs
+    validation, test_sets[0] = _hold_out(recipe, stages, test_sets[0])
     for stage in stages:
         name = getattr(getattr(stage, "spec", None), "target", None)
         if name is not None:
@@ -212,7 +217,13 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
         progress=progress,
         learner=learner,
         target_first=(learner is not None and trigger is not None) or ev.add_target,
+        validation=validation,
     )
+    if validation is not None:
+        run.log(
+            f"held out {len(validation)} clean images of {validation.name} as validation data "
+            f"for the stages; reported numbers use the other {len(test_sets[0])}"
+        )
     points: list[dict] = []
     try:
         if is_artifact(recipe.model.name) or is_prompt_folder(recipe.model.name):
@@ -238,6 +249,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
                 ctx.model = copy.deepcopy(model) if restarts else model
                 ctx.learner = undefended[1]
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
+            ctx.stage_label = label
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
             if clean_model is not None and ctx.trigger is not None:
                 # the trigger exists only now: the clean model's ASR is the baseline to beat
@@ -258,6 +270,8 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             ctx.metrics["quality"] = image_quality(ctx.trigger, ctx.test_set, seed=recipe.seed)
         if ctx.resistivity:
             resistivity_figure(ctx.resistivity, run.path / "figures" / "resistivity.png")
+        if ctx.detections:
+            roc_figure(ctx.detections, run.path / "figures" / "roc.png")
         table = _table(run, recipe, ctx, points, precision, len(templates))
         run.write_metrics(ctx.metrics)
         run.log("metrics " + str(points[-1]))
@@ -280,6 +294,25 @@ def build_stage(spec):
 
         return PromptStage(spec.method, **spec.params)
     return REGISTRIES[STAGE_REGISTRY[spec.kind]].get(spec.method)(**spec.params)
+
+
+def _hold_out(recipe: Recipe, stages: list, data):
+    """(validation part or None, the part every number is reported on) of the first set."""
+    needs = [s.method for s, stage in zip(recipe.stages, stages, strict=True) if _needs(stage)]
+    fraction = recipe.evaluation.validation
+    if fraction is None:
+        fraction = 0.2 if needs else 0.0
+    if not fraction:
+        if needs:
+            raise ConfigError(
+                f"stage {needs[0]} needs clean validation images: set evaluation.validation > 0"
+            )
+        return None, data
+    return holdout_split(data, fraction, recipe.seed)
+
+
+def _needs(stage) -> bool:
+    return bool(getattr(stage, "needs_validation", False))
 
 
 def _check_target(name: str, test_sets) -> None:
@@ -408,8 +441,14 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
     dual = (
         f" ASR uses the text key '{key}' on every class prompt (CA: plain prompts)." if key else ""
     )
+    held = (
+        f" {len(ctx.validation)} clean images of {ctx.validation.name} were held out as the"
+        " stages' validation data and are not in these numbers."
+        if ctx.validation is not None
+        else ""
+    )
     note = (
         f"Zero-shot, {n_templates} template(s), seed {recipe.seed}, {precision}; {what}"
-        f"{ASR_NOTE}{dual}"
+        f"{ASR_NOTE}{dual}{held}"
     )
     return run.write_table("zeroshot", headers, rows, note)

@@ -96,6 +96,8 @@ def decompose(
     ``token_layers``: layers whose heads are also split by source token (memory B x N x H x D
     each, so only on request).
     """
+    if getattr(model, "visual_prompts", None) is not None:
+        raise ConfigError("a tower with visual prompts is not decomposable (decompose its base)")
     tower = ImageTower.of(model)
     check_decomposable(tower)
     if centring not in ("textspan", "component"):
@@ -133,7 +135,8 @@ def decompose(
             final.append(value[:, 0].float())
 
     sites = ("resid_pre", "attn_weights", "attn_heads", "mlp", "resid_post")
-    tower.forward(x.float(), hook=hook, sites=sites, tokens=True)
+    with torch.autocast(x.device.type, enabled=False):  # exact means fp32, even inside autocast
+        tower.forward(x.float(), hook=hook, sites=sites, tokens=True)
     return _project(tower, direct[0], torch.stack(heads, 1), torch.stack(mlps, 1), tokens, centring)
 
 

@@ -6,6 +6,11 @@ over clean validation images. eps is the paper's absolute number (ViT-B/32 scale
 on other models, a per-head low quantile of the clean validation dot products. The same rule
 flags MLPs (global triggers act through late MLPs).
 
+``rule="distance"`` (ours) flags a component whose contribution lies far from its clean mean in
+any direction: ||c_hat(x) - mu|| at or above a high quantile of the clean distances. On
+mini-CLIP the head a BadNet trigger takes over grows *along* its clean mean (its dot product
+rises), which He's one-sided rule cannot see.
+
 Everything here reduces batch by batch: clean means are running sums, so memory does not grow
 with the number of images.
 """
@@ -16,11 +21,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from pydantic import Field
+from tqdm import tqdm
 
-from clip_backdoor.analysis.decomposition import Decomposition
+from clip_backdoor.analysis.decomposition import Centring, Decomposition, decompose
 from clip_backdoor.errors import ConfigError
+from clip_backdoor.evaluation.features import iterate_batches
+from clip_backdoor.recipes import Strict
 
 Replacement = Literal["mean", "zero"]
+Rule = Literal["dot", "distance"]
 
 
 @dataclass
@@ -43,14 +53,128 @@ class CleanMeans:
         return (self.sums[name] / self.count).float()
 
 
-def head_scores(parts: Decomposition, means: CleanMeans) -> torch.Tensor:
-    """(B, L, H): each head's dot product with its clean mean."""
-    return (parts.heads * means.mean("heads")).sum(dim=-1)
+def _statistic(values: torch.Tensor, mean: torch.Tensor, rule: Rule) -> torch.Tensor:
+    """Low means infected: the dot product with the clean mean, or minus the distance to it."""
+    mean = mean.to(values.device)
+    if rule == "dot":
+        return (values * mean).sum(dim=-1)
+    if rule == "distance":
+        return -(values - mean).norm(dim=-1)
+    raise ConfigError(f"the infection rule must be 'dot' or 'distance', got '{rule}'")
 
 
-def mlp_scores(parts: Decomposition, means: CleanMeans) -> torch.Tensor:
-    """(B, L): each MLP's dot product with its clean mean."""
-    return (parts.mlps * means.mean("mlps")).sum(dim=-1)
+def head_scores(parts: Decomposition, means: CleanMeans, rule: Rule = "dot") -> torch.Tensor:
+    """(B, L, H): each head's dot product with its clean mean (or minus its distance to it)."""
+    return _statistic(parts.heads, means.mean("heads"), rule)
+
+
+def mlp_scores(parts: Decomposition, means: CleanMeans, rule: Rule = "dot") -> torch.Tensor:
+    """(B, L): each MLP's dot product with its clean mean (or minus its distance to it)."""
+    return _statistic(parts.mlps, means.mean("mlps"), rule)
+
+
+@dataclass
+class Calibration:
+    """Clean means and per-component thresholds, fit on clean validation images."""
+
+    means: CleanMeans
+    heads: torch.Tensor  # (L, H) thresholds
+    mlps: torch.Tensor  # (L,)
+    centring: Centring = "textspan"
+    rule: Rule = "dot"
+    spread: dict[str, torch.Tensor] = field(default_factory=dict)  # clean statistics' mean/std
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean_heads": self.means.mean("heads"),
+            "mean_mlps": self.means.mean("mlps"),
+            "mean_direct": self.means.mean("direct"),
+            "threshold_heads": self.heads,
+            "threshold_mlps": self.mlps,
+            **{f"spread_{k}": v for k, v in self.spread.items()},
+        }
+
+    def deviation(self, parts: Decomposition, layers, mlp_layers=()) -> torch.Tensor:
+        """(B,): the largest standardised drop of a scanned component's statistic below its
+        clean mean (a continuous alternative to counting flags)."""
+        scores = [
+            (self.spread["heads_mean"] - head_scores(parts, self.means, self.rule))
+            .div(self.spread["heads_std"])[:, layers]
+            .flatten(1)
+        ]
+        if mlp_layers:
+            mlps = mlp_scores(parts, self.means, self.rule)
+            scores.append(
+                (self.spread["mlps_mean"] - mlps).div(self.spread["mlps_std"])[:, mlp_layers]
+            )
+        return torch.cat(scores, dim=1).amax(dim=1)
+
+    def head_flags(self, parts: Decomposition, layers=None) -> torch.Tensor:
+        scores = head_scores(parts, self.means, self.rule)
+        return flags(scores, self.heads.to(scores.device), layers)
+
+    def mlp_flags(self, parts: Decomposition, layers=None) -> torch.Tensor:
+        scores = mlp_scores(parts, self.means, self.rule)
+        return flags(scores, self.mlps.to(scores.device), layers)
+
+
+def calibrate(
+    model,
+    dataset,
+    quantile: float = 0.05,
+    eps: float | None = None,
+    centring: Centring = "textspan",
+    batch_size: int = 128,
+    progress: bool = False,
+    rule: Rule = "dot",
+) -> Calibration:
+    """Two streamed passes over clean ``dataset``: the means, then each image's statistic
+    (``rule``) against them; thresholds are ``eps`` for every component (He et al.'s absolute
+    rule) or the per-component ``quantile`` of the clean statistics (low means infected)."""
+    device = next(model.parameters()).device
+    means = CleanMeans()
+    head, mlp = [], []
+    for sweep in ("means", "scores"):
+        batches = iterate_batches(dataset, batch_size)
+        total = -(-len(dataset) // batch_size)
+        for images, _ in tqdm(batches, total=total, disable=not progress, desc=f"clean {sweep}"):
+            parts = decompose(model, images.to(device), centring=centring)
+            if sweep == "means":
+                means.update(parts)
+            else:
+                head.append(head_scores(parts, means, rule).cpu())
+                mlp.append(mlp_scores(parts, means, rule).cpu())
+    head_all, mlp_all = torch.cat(head), torch.cat(mlp)
+    if eps is None:
+        heads, mlps = (calibrated_thresholds(s, quantile) for s in (head_all, mlp_all))
+    else:
+        heads, mlps = torch.full(head_all.shape[1:], eps), torch.full(mlp_all.shape[1:], eps)
+    spread = {
+        "heads_mean": head_all.mean(0),
+        "heads_std": head_all.std(0).clamp_min(1e-8),
+        "mlps_mean": mlp_all.mean(0),
+        "mlps_std": mlp_all.std(0).clamp_min(1e-8),
+    }
+    return Calibration(means, heads, mlps, centring, rule, spread)
+
+
+class InfectionSpec(Strict):
+    """How components are flagged (shared by Decomp-Det and Decomp-Rep)."""
+
+    layers: list[int] = Field([-1], description="layers whose heads are scanned (He: the last)")
+    rule: Rule = Field("dot", description="dot: He's <c, mu> <= threshold; distance: ours")
+    quantile: float = Field(
+        0.05, gt=0, lt=1, description="per-component threshold: this quantile of clean scores"
+    )
+    eps: float | None = Field(
+        None, description="an absolute threshold instead (He: 0.002 on Caltech-101, ViT-B/32)"
+    )
+    centring: Centring = "textspan"
+
+    def calibrate(self, model, dataset, batch_size: int, progress: bool = False) -> Calibration:
+        return calibrate(
+            model, dataset, self.quantile, self.eps, self.centring, batch_size, progress, self.rule
+        )
 
 
 def calibrated_thresholds(clean_scores: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -95,3 +219,13 @@ def repaired(
         mlps[:, layer] = means.mean("mlps")[layer]
     total = parts.direct + heads.sum(dim=(1, 2)) + mlps.sum(dim=1)
     return torch.nn.functional.normalize(total, dim=-1)
+
+
+def layer_indices(layers, count: int) -> list[int]:
+    """Layer indices (negative ones count from the end) as positive ones, checked."""
+    out = []
+    for layer in layers:
+        if not -count <= layer < count:
+            raise ConfigError(f"layer {layer} is outside a tower of {count} blocks")
+        out.append(layer % count)
+    return out

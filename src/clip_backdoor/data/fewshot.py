@@ -105,7 +105,7 @@ class TargetFirst(NamedClasses, Dataset):
         return f"{self.dataset.fingerprint()}|target_first={self.target}"
 
 
-class IndexSubset(Dataset):
+class IndexSubset(NamedClasses, Dataset):
     """Some items of a labelled set, keeping its labels and class names (few-shot subsets)."""
 
     def __init__(self, dataset, indices: Sequence[int]) -> None:
@@ -123,3 +123,17 @@ class IndexSubset(Dataset):
     def fingerprint(self) -> str:
         digest = hashlib.sha1(",".join(map(str, self.indices)).encode()).hexdigest()
         return f"{self.dataset.fingerprint()}|indices={digest}"
+
+
+def holdout_split(dataset, fraction: float, seed: int) -> tuple[IndexSubset, IndexSubset]:
+    """(held out, rest): a seeded ``fraction`` of the images, e.g. He et al.'s clean-validation
+    part of the test split, which the stages may use and no reported number may."""
+    if not 0 < fraction < 1:
+        raise DatasetError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    count = round(fraction * len(dataset))
+    if not 0 < count < len(dataset):
+        raise DatasetError(
+            f"holding out {fraction:g} of {len(dataset)} images of {dataset.name} empties a part"
+        )
+    order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
+    return IndexSubset(dataset, sorted(order[:count])), IndexSubset(dataset, sorted(order[count:]))

@@ -7,10 +7,15 @@ positive rate on clean inputs, and the threshold that reaches a target false-pos
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import matplotlib
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from clip_backdoor.errors import ConfigError
+
+matplotlib.use("Agg")
 
 
 def _check(clean: np.ndarray, triggered: np.ndarray) -> None:
@@ -58,3 +63,23 @@ def roc_points(clean, triggered) -> tuple[np.ndarray, np.ndarray]:
     labels = np.r_[np.zeros(clean.size), np.ones(triggered.size)]
     fpr, tpr, _ = roc_curve(labels, np.r_[clean, triggered])
     return fpr, tpr
+
+
+def roc_figure(detections: dict[str, dict], path: Path) -> Path:
+    """One ROC curve per detector (``{label: {"clean": scores, "triggered": scores}}``) on shared
+    axes, AUROC in the legend: the detectors were scored on the same inputs."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for label, scores in detections.items():
+        fpr, tpr = roc_points(scores["clean"], scores["triggered"])
+        auroc = detection_metrics(scores["clean"], scores["triggered"])["auroc"]
+        ax.plot(fpr, tpr, label=f"{label} ({auroc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="false-positive rate (clean)", ylabel="true-positive rate (triggered)")
+    ax.legend(title="detector (AUROC)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
