@@ -16,6 +16,7 @@ demo: $(STAMP)
 	test -f cache/demo-tiny/open_clip_config.json || \
 		$(BIN)/clip-backdoor pretrain recipes/demo_pretrain.yaml
 	$(BIN)/clip-backdoor run recipes/demo.yaml
+	$(BIN)/clip-backdoor run recipes/demo_detect.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -26,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/poisoning_throughput.py
 	$(BIN)/python benchmarks/prompt_learning.py
 	$(BIN)/python benchmarks/visual_prompts.py
+	$(BIN)/python benchmarks/decomposition.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

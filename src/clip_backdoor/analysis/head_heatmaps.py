@@ -21,8 +21,9 @@ def flag_rate_figure(rates: dict[str, dict[str, np.ndarray]], path: Path, title:
 
     kinds = list(rates)
     layers, heads = np.asarray(rates[kinds[0]]["heads"]).shape
+    width = 1.6 + 0.55 * (heads + 1) * len(kinds) + 0.8 * len(kinds)
     fig, axes = plt.subplots(
-        1, len(kinds), figsize=(1.2 + 0.45 * (heads + 1) * len(kinds) + 0.8, 0.5 * layers + 1.6)
+        1, len(kinds), figsize=(width, 0.5 * layers + 1.8), layout="constrained"
     )
     axes = np.atleast_1d(axes)
     for ax, kind in zip(axes, kinds, strict=True):
@@ -33,7 +34,9 @@ def flag_rate_figure(rates: dict[str, dict[str, np.ndarray]], path: Path, title:
         ax.axvline(heads - 0.5, color="white", linewidth=2)
         ax.set_xticks(range(heads + 1), [str(h) for h in range(heads)] + ["MLP"], fontsize=7)
         ax.set_yticks(range(layers), [str(layer) for layer in range(layers)], fontsize=7)
-        ax.set(title=kind, xlabel="head", ylabel="layer")
+        ax.set(title=kind, xlabel="head")
+        if ax is axes[0]:
+            ax.set_ylabel("layer")
         if heads + 1 <= 16:
             for (row, col), value in np.ndenumerate(grid):
                 color = "black" if value > 0.6 else "white"
@@ -41,6 +44,6 @@ def flag_rate_figure(rates: dict[str, dict[str, np.ndarray]], path: Path, title:
     fig.colorbar(image, ax=axes.tolist(), label="flagged fraction")
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

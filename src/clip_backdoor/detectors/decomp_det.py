@@ -67,13 +67,12 @@ class DecompDet(Detector):
             if kind != "validation"
         }
         trigger = ctx.trigger.name if ctx.trigger is not None else "?"
-        rule = (
-            f"eps {self.spec.eps:g}" if self.spec.eps is not None else f"q {self.spec.quantile:g}"
-        )
+        spec = self.spec
+        cut = f"eps {spec.eps:g}" if spec.eps is not None else f"{spec.quantile:g} clean quantile"
         flag_rate_figure(
             rates,
             ctx.run.path / "figures" / f"infected_{label}.png",
-            f"{ctx.model.name}, trigger {trigger}: flagged at <= threshold ({rule})",
+            f"trigger {trigger}: flagged by {spec.rule} ({cut})",
         )
         return {
             "flag_rates": {
