@@ -178,11 +178,13 @@ def included_stage(stage, source: str, depth: int = 0):
     if depth > 8:
         raise ConfigError(f"{source}: stages included from each other in a loop")
     path, wanted = stage["from"], stage.get("stage")
-    for other in read_yaml(path).get("stages", []):
-        other = included_stage(other, str(path), depth + 1)
-        if isinstance(other, dict) and wanted in (other.get("label"), other.get("method")):
-            rest = {k: v for k, v in stage.items() if k not in ("from", "stage")}
-            return {**other, **rest}
+    others = [included_stage(o, str(path), depth + 1) for o in read_yaml(path).get("stages", [])]
+    others = [o for o in others if isinstance(o, dict)]
+    for field in ("label", "method"):  # a label names one stage; a method maybe several
+        for other in others:
+            if other.get(field) == wanted:
+                rest = {k: v for k, v in stage.items() if k not in ("from", "stage")}
+                return {**other, **rest}
     raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")
 
 
