@@ -105,6 +105,20 @@ def test_a_stage_included_from_another_recipe(tmp_path):
     with pytest.raises(ConfigError, match="has no stage labelled 'nope'"):
         parse_recipe({"name": "x", "stages": [{"from": str(other), "stage": "nope"}]})
 
+    # a label wins over an earlier stage of that method; includes of includes resolve
+    other.write_text(
+        "name: other\nstages:\n"
+        "  - {kind: defense, method: linear_probe, label: lp_short, params: {epochs: 1}}\n"
+        "  - {kind: defense, method: linear_probe, label: linear_probe, params: {epochs: 3}}\n"
+    )
+    third = tmp_path / "third.yaml"
+    third.write_text(f"name: third\nstages:\n  - {{from: {other}, stage: linear_probe}}\n")
+    for source in (other, third):
+        recipe = parse_recipe(
+            {"name": "x", "stages": [{"from": str(source), "stage": "linear_probe"}]}
+        )
+        assert recipe.stages[0].params == {"epochs": 3}
+
 
 def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
     from clip_backdoor.ablation_results import ablation_rows, write_ablations
