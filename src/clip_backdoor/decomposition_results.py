@@ -101,6 +101,12 @@ def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
         none = mine.get("none")
         if none is None:
             continue
+        if none["asr"] <= REPAIR_ASR_BAR:
+            lines.append(
+                f"- {attack}, seed {seed}: no backdoor to repair or detect (undefended ASR "
+                f"{none['asr']:.2f})"
+            )
+            continue
         for name in ("decomp_rep_he", "decomp_rep"):
             if name in mine:
                 rep = mine[name]
@@ -112,7 +118,14 @@ def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
                     f"{'meets' if ok else 'misses'} ASR <= {REPAIR_ASR_BAR:g} with CA drop <= "
                     f"{REPAIR_CA_DROP:g}"
                 )
+    weak = {
+        (r["attack"], r["seed"])
+        for r in repairs
+        if r["defense"] == "none" and r["asr"] <= REPAIR_ASR_BAR
+    }
     for row in detections:
+        if (row["attack"], row["seed"]) in weak:
+            continue
         if row["detector"] in ("decomp_det_he", "decomp_det"):
             ok = row["auroc"] >= AUROC_BAR
             lines.append(

@@ -162,7 +162,7 @@ def run_record(table: str, folder: Path) -> dict:
     elif table == "ablation":
         rows = ablation_rows(metrics, config)
     elif table == "decomposition":
-        rows = decomposition_rows(metrics, config, trigger_label)
+        rows = decomposition_rows(metrics, config, lambda name, _config: name)  # issue's names
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
