@@ -270,9 +270,10 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             ctx.metrics["quality"] = image_quality(ctx.trigger, ctx.test_set, seed=recipe.seed)
         if ctx.resistivity:
             resistivity_figure(ctx.resistivity, run.path / "figures" / "resistivity.png")
+        table = _table(run, recipe, ctx, points, precision, len(templates))
         if ctx.detections:
             roc_figure(ctx.detections, run.path / "figures" / "roc.png")
-        table = _table(run, recipe, ctx, points, precision, len(templates))
+            table += "\n\n" + _detection_table(run, ctx)
         run.write_metrics(ctx.metrics)
         run.log("metrics " + str(points[-1]))
     except UserError:
@@ -452,3 +453,21 @@ def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_te
         f"{ASR_NOTE}{dual}{held}"
     )
     return run.write_table("zeroshot", headers, rows, note)
+
+
+def _detection_table(run: RunDir, ctx: RunContext) -> str:
+    """One row per detector stage: AUROC and the filter's effect, on the same inputs."""
+    headers = ["detector", "images", "AUROC", "TPR @ FPR", "FPR", "filter: ASR before", "after"]
+    rows = []
+    for label in ctx.detections:
+        m = ctx.metrics[f"detection.{label}"]
+        rows.append(
+            [label, m["n_clean"], m["auroc"], m["tpr_at_fpr"], m["target_fpr"]]
+            + [100 * m["asr_before_filter"], 100 * m["asr_after_filter"]]
+        )
+    note = (
+        "Clean (negatives) and triggered (positives) versions of the same drawn test images "
+        "(true class not the target). Filter: inputs scoring above the target-FPR quantile of "
+        "clean validation scores are dropped; ASR % over the drawn images. ROC: figures/roc.png."
+    )
+    return run.write_table("detection", headers, rows, note)
