@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table
+from clip_backdoor.runs import markdown_table, provenance
 
 BAI_COLUMNS = ["protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
 PAPER_EPS, PAPER_JOINT_EPOCHS = 4 / 255, 10
@@ -134,8 +134,6 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
         headers = ["source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]
         headers += ["ASR seen", "ASR unseen", "ASR H"]
         text += "Base-to-novel, harmonic means:\n\n" + markdown_table(headers, h) + "\n\n"
-    text += "Written by `clip-backdoor results bai RUN_DIR...` from these run folders "
-    text += f"(each recorded in `{ledger_name}`):\n\n"
-    text += "\n".join(sources) + "\n"
+    text += provenance("bai", ledger_name, sources)
     (out / "bai.md").write_text(text)
     return text

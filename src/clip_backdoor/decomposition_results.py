@@ -17,7 +17,7 @@ import numpy as np
 
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
 from clip_backdoor.defense_results import attack_label
-from clip_backdoor.runs import markdown_table
+from clip_backdoor.runs import markdown_table, provenance
 
 DETECTION_COLUMNS = ["attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
 REPAIR_COLUMNS = ["attack", "defense", "ca", "asr", "seed"]
@@ -198,8 +198,7 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
         " 95% quantile of clean *validation* scores; FPR/TPR on the test images; ASR before /"
         " after dropping flagged inputs, over the drawn images.\n\n"
         + ("Against the issue's bars:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
-        + "Written by `clip-backdoor results decomposition RUN_DIR...` from these run folders "
-        f"(each recorded in `{ledger_name}`):\n\n" + "\n".join(sources) + "\n"
+        + provenance("decomposition", ledger_name, sources)
     )
     (out / "decomposition.md").write_text(text)
     return text

@@ -11,7 +11,7 @@ import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table
+from clip_backdoor.runs import markdown_table, provenance
 
 DEFENSE_COLUMNS = ["attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
 ASR_BAR, CA_DROP_BAR = 5.0, 2.0  # the bar for RVPT
@@ -125,8 +125,7 @@ def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name:
         " the same ratio with the run's trigger as the perturbation. Higher is more resistant."
         " `none` is the attacked model before any defense.\n\n"
         + ("RVPT against the bar:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
-        + "Written by `clip-backdoor results defenses RUN_DIR...` from these run folders "
-        f"(each recorded in `{ledger_name}`):\n\n" + "\n".join(sources) + "\n"
+        + provenance("defenses", ledger_name, sources)
     )
     (out / "defenses.md").write_text(text)
     return text

@@ -22,7 +22,7 @@ from clip_backdoor.decomposition_results import decomposition_rows, write_decomp
 from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
 from clip_backdoor.runner import ASR_NOTE
-from clip_backdoor.runs import markdown_table
+from clip_backdoor.runs import markdown_table, provenance
 
 POISONING_COLUMNS = [
     "trigger",
@@ -269,8 +269,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
             if checks
             else ""
         )
-        + "Written by `clip-backdoor results poisoning RUN_DIR...` from these run folders "
-        f"(each recorded in `{ledger_file.name}`):\n\n" + "\n".join(sources) + "\n"
+        + provenance("poisoning", ledger_file.name, sources)
     )
     (out / f"{table}.md").write_text(text)
     return text

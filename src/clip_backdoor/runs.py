@@ -136,6 +136,14 @@ def _cell(value) -> str:
     return str(value)
 
 
+def provenance(table: str, ledger_name: str, sources: list[str]) -> str:
+    """The closing lines of a results/ summary: the command and the runs it was written from."""
+    return (
+        f"Written by `clip-backdoor results {table} RUN_DIR...` from these run folders "
+        f"(each recorded in `{ledger_name}`):\n\n" + "\n".join(sources) + "\n"
+    )
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
