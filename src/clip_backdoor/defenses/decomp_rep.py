@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import save_file
-from torch import nn
 
 from clip_backdoor.analysis.decomposition import decompose
 from clip_backdoor.analysis.infected_heads import (
@@ -72,11 +71,7 @@ class RepairedCLIP(PixelCLIP):
         seed: int,
         stream: dict[str, torch.Tensor] | None = None,
     ):
-        nn.Module.__init__(self)
-        self.clip, self.name, self.model_cfg = base.clip, base.name, base.model_cfg
-        self.preprocess_cfg = base.preprocess_cfg
-        self.register_buffer("mean", base.mean, persistent=False)
-        self.register_buffer("std", base.std, persistent=False)
+        self.share(base)
         self.base, self.calibration, self.spec = base, calibration, spec
         self.stream = stream or {}  # site: "heads" (L, T, H, d) and "mlps" (L, T, d) means
         if spec.site == "stream" and not self.stream:

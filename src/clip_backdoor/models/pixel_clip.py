@@ -44,6 +44,15 @@ class PixelCLIP(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
 
+    def share(self, base: PixelCLIP) -> None:
+        """Become a wrapper of ``base``: the same CLIP (shared, not copied), name and
+        preprocessing; for models that change only how an image is encoded."""
+        nn.Module.__init__(self)
+        self.clip, self.name, self.model_cfg = base.clip, base.name, base.model_cfg
+        self.preprocess_cfg = base.preprocess_cfg
+        self.register_buffer("mean", base.mean, persistent=False)
+        self.register_buffer("std", base.std, persistent=False)
+
     @property
     def image_size(self) -> int:
         size = self.clip.visual.image_size

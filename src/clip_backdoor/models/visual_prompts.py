@@ -60,11 +60,7 @@ class PromptedCLIP(PixelCLIP):
     """A PixelCLIP whose image tower runs with deep visual prompts; the CLIP is shared, frozen."""
 
     def __init__(self, base: PixelCLIP, prompts: VisualPrompts) -> None:
-        nn.Module.__init__(self)
-        self.clip, self.name, self.model_cfg = base.clip, base.name, base.model_cfg
-        self.preprocess_cfg = base.preprocess_cfg
-        self.register_buffer("mean", base.mean, persistent=False)
-        self.register_buffer("std", base.std, persistent=False)
+        self.share(base)
         self.visual_prompts = prompts
         self.tower = ImageTower.of(base)
 
