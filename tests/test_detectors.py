@@ -59,6 +59,33 @@ def test_a_repair_that_replaces_nothing_is_the_model(tiny):
         RepairedCLIP(model, calibration, DecompRepSpec(layers=[2]), 0)
 
 
+def test_flagged_mlps_are_replaced_only_where_flagged(tiny):
+    """detect_mlps: an MLP flagged on no input leaves the model as it is; flagged on every input,
+    the repair equals the late-MLP ablation of the same layers, at both sites."""
+    from clip_backdoor.defenses.decomp_rep import DecompRepSpec, RepairedCLIP, stream_means
+
+    model = tiny.model.eval()
+    torch.manual_seed(0)
+    clean = torch.utils.data.TensorDataset(torch.rand(12, 3, 32, 32), torch.zeros(12))
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model.encode_image(images)
+    stream = stream_means(model, clean, 4)
+    for site in ("embedding", "stream"):
+        spec = DecompRepSpec(heads="none", site=site, detect_mlps=[0, 1], rule="distance")
+        calibration = spec.calibrate(model, clean, batch_size=4)
+        calibration.mlps = torch.full_like(calibration.mlps, -float("inf"))  # nothing flagged
+        with torch.no_grad():
+            same = RepairedCLIP(model, calibration, spec, 0, stream).encode_image(images)
+            torch.testing.assert_close(same, reference, atol=1e-5, rtol=0)
+            calibration.mlps = torch.full_like(calibration.mlps, float("inf"))  # all flagged
+            flagged = RepairedCLIP(model, calibration, spec, 0, stream).encode_image(images)
+            ablation = DecompRepSpec(heads="none", site=site, mlp_layers=[0, 1])
+            every = RepairedCLIP(model, calibration, ablation, 0, stream).encode_image(images)
+        assert (flagged - reference).abs().amax() > 1e-3
+        torch.testing.assert_close(flagged, every, atol=1e-6, rtol=0)
+
+
 def test_teco_corrupts_the_original_image_at_every_severity():
     from imagecorruptions import corrupt
 

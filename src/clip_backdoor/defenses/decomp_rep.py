@@ -52,6 +52,11 @@ class DecompRepSpec(InfectionSpec):
     mlp_layers: list[int] = Field(
         [], description="MLPs replaced by their clean means on every input (late-MLP ablation)"
     )
+    detect_mlps: list[int] = Field(
+        [],
+        description="MLPs scanned like the heads and replaced on the inputs where they are "
+        "flagged (the dual-embedding patch also moves block 0's MLP)",
+    )
     site: Literal["embedding", "stream"] = Field(
         "embedding",
         description="replace the direct term in the embedding (He) or the output inside the "
@@ -79,6 +84,7 @@ class RepairedCLIP(PixelCLIP):
         layers, heads = calibration.heads.shape
         self.layers = layer_indices(spec.layers, layers)
         self.mlp_layers = layer_indices(spec.mlp_layers, layers)
+        self.detect_mlps = layer_indices(spec.detect_mlps, layers)
         self.fixed = torch.zeros(layers, heads, dtype=torch.bool)
         if spec.heads == "fixed":
             if not spec.fixed:
@@ -101,16 +107,21 @@ class RepairedCLIP(PixelCLIP):
             infected = self.calibration.head_flags(parts, self.layers)
         else:
             infected = self.fixed.to(images.device).expand(len(images), -1, -1)
+        mlps = torch.zeros(infected.shape[:2], dtype=torch.bool, device=infected.device)
+        mlps[:, self.mlp_layers] = True
+        if self.detect_mlps:
+            mlps |= self.calibration.mlp_flags(parts, self.detect_mlps).to(mlps.device)
         if self.spec.site == "stream":
-            return self._stream_repaired(images, infected, normalize)
+            return self._stream_repaired(images, infected, mlps, normalize)
         # renormalised whatever ``normalize`` says: the parts live on the unit-norm scale
-        return repaired(parts, self.calibration.means, infected, self.spec.replace, self.mlp_layers)
+        return repaired(parts, self.calibration.means, infected, self.spec.replace, mlps)
 
     def _stream_repaired(
-        self, images: torch.Tensor, infected: torch.Tensor, normalize: bool
+        self, images: torch.Tensor, infected: torch.Tensor, mlps: torch.Tensor, normalize: bool
     ) -> torch.Tensor:
-        """The forward pass again, flagged heads' outputs (and the ``mlp_layers`` MLPs) swapped
-        for their clean per-token means (or zero) on the inputs where they are flagged."""
+        """The forward pass again, flagged heads' and MLPs' outputs (B, L, H) and (B, L) swapped
+        for their clean per-token means (or zero, heads only) on the inputs where they are
+        flagged."""
         zero = self.spec.replace == "zero"
 
         def hook(layer: int, site: str, value: torch.Tensor) -> torch.Tensor | None:
@@ -120,9 +131,10 @@ class RepairedCLIP(PixelCLIP):
                     return None
                 mean = self.stream["heads"][layer].to(value)
                 return torch.where(mask, torch.zeros_like(mean) if zero else mean, value)
-            if layer in self.mlp_layers:  # the "mlp" site
-                return self.stream["mlps"][layer].to(value).expand_as(value)
-            return None
+            mask = mlps[:, layer].view(len(value), 1, 1)  # the "mlp" site
+            if not mask.any():
+                return None
+            return torch.where(mask, self.stream["mlps"][layer].to(value), value)
 
         tower = ImageTower.of(self.base)
         features = tower.forward(self.normalize(images), hook=hook, sites=("attn_heads", "mlp"))
