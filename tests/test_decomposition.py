@@ -123,3 +123,28 @@ def test_detection_metrics_on_a_hand_built_case():
     assert threshold_at_fpr(clean, 0.0) == 9  # nothing clean above: only scores > 9 flagged
     with pytest.raises(ConfigError, match="need both clean and triggered"):
         detection_metrics([], [1.0])
+
+
+def test_deviation_scores_take_the_largest_drop_or_add_the_drops(tiny):
+    from clip_backdoor.analysis.infected_heads import calibrate, head_scores, mlp_scores
+
+    model = tiny.model.eval()
+    torch.manual_seed(3)
+    clean = torch.utils.data.TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8))
+    calibration = calibrate(model, clean, quantile=0.1, batch_size=4, rule="distance")
+    parts = decompose(model, torch.rand(5, 3, 32, 32))
+    spread = calibration.spread
+    heads = (spread["heads_mean"] - head_scores(parts, calibration.means, "distance")) / spread[
+        "heads_std"
+    ]
+    mlps = (spread["mlps_mean"] - mlp_scores(parts, calibration.means, "distance")) / spread[
+        "mlps_std"
+    ]
+    drops = torch.cat([heads[:, [1]].flatten(1), mlps[:, [0, 1]]], dim=1)
+    largest = calibration.deviation(parts, [1], [0, 1])
+    total = calibration.deviation(parts, [1], [0, 1], reduce="sum")
+    torch.testing.assert_close(largest, drops.amax(1))
+    torch.testing.assert_close(total, drops.clamp_min(0).sum(1))
+    assert (total >= largest.clamp_min(0) - 1e-6).all() and (total > largest).any()
+    with pytest.raises(ConfigError, match="reduce must be 'max' or 'sum'"):
+        calibration.deviation(parts, [1], reduce="mean")

@@ -126,7 +126,7 @@ def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
     for row in detections:
         if (row["attack"], row["seed"]) in weak:
             continue
-        if row["detector"] in ("decomp_det_he", "decomp_det"):
+        if row["detector"].startswith("decomp_det"):
             ok = row["auroc"] >= AUROC_BAR
             lines.append(
                 f"- {row['attack']}, seed {row['seed']}: {row['detector']} AUROC "
@@ -142,7 +142,12 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
         return (order.get(r["attack"], 9), r["attack"], str(r["seed"]))
 
     detections = sorted([r for r in rows if r["table"] == "detection"], key=key)
-    repairs = sorted([r for r in rows if r["table"] == "repair"], key=key)
+    seen: set[tuple] = set()  # a recipe of detectors only has the poisoned model's row too
+    repairs = []
+    for row in sorted([r for r in rows if r["table"] == "repair"], key=key):
+        if (row["attack"], row["defense"], row["seed"]) not in seen:
+            seen.add((row["attack"], row["defense"], row["seed"]))
+            repairs.append(row)
     flags = sorted([r for r in rows if r["table"] == "flags"], key=key)
     _write_csv(out / "detection.csv", DETECTION_COLUMNS, detections)
     _write_csv(out / "repair.csv", REPAIR_COLUMNS, repairs)

@@ -94,9 +94,13 @@ class Calibration:
             **{f"spread_{k}": v for k, v in self.spread.items()},
         }
 
-    def deviation(self, parts: Decomposition, layers, mlp_layers=()) -> torch.Tensor:
+    def deviation(
+        self, parts: Decomposition, layers, mlp_layers=(), reduce: str = "max"
+    ) -> torch.Tensor:
         """(B,): the largest standardised drop of a scanned component's statistic below its
-        clean mean (a continuous alternative to counting flags)."""
+        clean mean (a continuous alternative to counting flags), or with ``reduce`` "sum" the
+        sum of the drops over components (rises below the mean count as 0): evidence from a
+        trigger that moves several components adds up."""
         scores = [
             (self.spread["heads_mean"] - head_scores(parts, self.means, self.rule))
             .div(self.spread["heads_std"])[:, layers]
@@ -107,7 +111,12 @@ class Calibration:
             scores.append(
                 (self.spread["mlps_mean"] - mlps).div(self.spread["mlps_std"])[:, mlp_layers]
             )
-        return torch.cat(scores, dim=1).amax(dim=1)
+        drops = torch.cat(scores, dim=1)
+        if reduce == "sum":
+            return drops.clamp_min(0).sum(dim=1)
+        if reduce != "max":
+            raise ConfigError(f"deviation: reduce must be 'max' or 'sum', got '{reduce}'")
+        return drops.amax(dim=1)
 
     def head_flags(self, parts: Decomposition, layers=None) -> torch.Tensor:
         scores = head_scores(parts, self.means, self.rule)

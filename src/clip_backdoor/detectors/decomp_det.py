@@ -23,10 +23,11 @@ from clip_backdoor.registry import DETECTORS
 
 class DecompSpec(DetectorSpec, InfectionSpec):
     mlp_layers: list[int] = Field([], description="layers whose MLPs are counted too (ours)")
-    score: Literal["count", "deviation"] = Field(
+    score: Literal["count", "deviation", "deviation_sum"] = Field(
         "count",
         description="count: He's number of flagged components; deviation (ours): the largest "
-        "standardised drop of a scanned component's statistic (continuous, so no ties)",
+        "standardised drop of a scanned component's statistic (continuous, so no ties); "
+        "deviation_sum (ours): those drops summed over the scanned components",
     )
 
 
@@ -53,8 +54,9 @@ class DecompDet(Detector):
         sums["n"] += len(images)
         layers = layer_indices(self.spec.layers, heads.shape[1])
         mlp_layers = layer_indices(self.spec.mlp_layers, heads.shape[1])
-        if self.spec.score == "deviation":
-            return self.calibration.deviation(parts, layers, mlp_layers)
+        if self.spec.score in ("deviation", "deviation_sum"):
+            reduce = "sum" if self.spec.score == "deviation_sum" else "max"
+            return self.calibration.deviation(parts, layers, mlp_layers, reduce)
         count = heads[:, layers].sum(dim=(1, 2))
         if mlp_layers:
             count = count + mlps[:, mlp_layers].sum(dim=1)
