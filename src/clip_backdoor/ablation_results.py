@@ -120,8 +120,10 @@ def write_ablations(rows: list[dict], sources: list[str], out: Path, ledger_name
             f"# Ablation `{name}`\n\n"
             + markdown_table(headers, body)
             + f"\n\nLine plot: `{stem.name}.png`, written beside this file by the command"
-            " (figures are not committed).\n\nCA/ASR as in `defenses.md`; `none` is the "
-            "attacked model. Written by `clip-backdoor results ablation RUN_DIR...` from these "
+            " (figures are not committed).\n\nCA: top-1 on the recipe's clean test images; ASR: "
+            "its triggered test images whose true class is not the target, predicted as the "
+            "target; `none` is the attacked model. Written by `clip-backdoor results ablation "
+            "RUN_DIR...` from these "
             f"run folders (each recorded in `{ledger_name}`):\n\n" + "\n".join(runs) + "\n"
         )
         stem.with_suffix(".md").write_text(text)
