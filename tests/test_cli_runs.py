@@ -77,6 +77,17 @@ def test_console_script_help_lists_commands():
         assert f"    {command} " in result.stdout
 
 
+def test_results_takes_run_folders_after_an_option(tmp_path, capsys):
+    """``results ablation --fresh RUN...``: the folders after the option are runs too (argparse
+    alone would call them unrecognised); an unknown option is still an error."""
+    missing = tmp_path / "no-such-run"
+    assert main(["results", "ablation", "--fresh", str(missing), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "no-such-run" in error and "unrecognized" not in error
+    with pytest.raises(SystemExit):
+        main(["results", "ablation", "--bogus", str(missing)])
+
+
 @pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets not present")
 def test_eval_on_cifar10_writes_a_run_folder(tmp_path, capsys):
     code = main(

@@ -183,7 +183,12 @@ def _one_line(error: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "results" and not any(e.startswith("-") for e in extra):
+        args.runs += extra  # run folders after an option (`results ablation --fresh RUN...`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except UserError as e:
