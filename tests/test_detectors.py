@@ -32,15 +32,22 @@ def test_the_held_out_part_is_seeded_disjoint_and_complete():
         holdout_split(data, 0.001, seed=0)
 
 
-def test_a_repair_that_replaces_nothing_is_the_model(tiny):
-    from clip_backdoor.defenses.decomp_rep import DecompRepSpec, RepairedCLIP, stream_means
-
+@pytest.fixture
+def repair_case(tiny):
+    """The tiny model, 12 clean calibration images, 4 test images and their plain embedding."""
     model = tiny.model.eval()
     torch.manual_seed(0)
     clean = torch.utils.data.TensorDataset(torch.rand(12, 3, 32, 32), torch.zeros(12))
     images = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         reference = model.encode_image(images)
+    return model, clean, images, reference
+
+
+def test_a_repair_that_replaces_nothing_is_the_model(repair_case):
+    from clip_backdoor.defenses.decomp_rep import DecompRepSpec, RepairedCLIP, stream_means
+
+    model, clean, images, reference = repair_case
     for site in ("embedding", "stream"):
         spec = DecompRepSpec(heads="none", site=site)
         calibration = spec.calibrate(model, clean, batch_size=4)
@@ -59,17 +66,12 @@ def test_a_repair_that_replaces_nothing_is_the_model(tiny):
         RepairedCLIP(model, calibration, DecompRepSpec(layers=[2]), 0)
 
 
-def test_flagged_mlps_are_replaced_only_where_flagged(tiny):
+def test_flagged_mlps_are_replaced_only_where_flagged(repair_case):
     """detect_mlps: an MLP flagged on no input leaves the model as it is; flagged on every input,
     the repair equals the late-MLP ablation of the same layers, at both sites."""
     from clip_backdoor.defenses.decomp_rep import DecompRepSpec, RepairedCLIP, stream_means
 
-    model = tiny.model.eval()
-    torch.manual_seed(0)
-    clean = torch.utils.data.TensorDataset(torch.rand(12, 3, 32, 32), torch.zeros(12))
-    images = torch.rand(4, 3, 32, 32)
-    with torch.no_grad():
-        reference = model.encode_image(images)
+    model, clean, images, reference = repair_case
     stream = stream_means(model, clean, 4)
     for site in ("embedding", "stream"):
         spec = DecompRepSpec(heads="none", site=site, detect_mlps=[0, 1], rule="distance")
