@@ -99,7 +99,7 @@ class Calibration:
     ) -> torch.Tensor:
         """(B,): the largest standardised drop of a scanned component's statistic below its
         clean mean (a continuous alternative to counting flags), or with ``reduce`` "sum" the
-        sum of the drops over components (rises below the mean count as 0): evidence from a
+        sum of the positive drops over components (a rise counts as 0): evidence from a
         trigger that moves several components adds up."""
         scores = [
             (self.spread["heads_mean"] - head_scores(parts, self.means, self.rule))
