@@ -214,20 +214,18 @@ def repaired(
     means: CleanMeans,
     infected_heads: torch.Tensor,
     mode: Replacement = "mean",
-    mlps: torch.Tensor | list[int] = (),
+    mlps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decomp-Rep's embedding, renormalised: flagged heads (B, L, H) replaced by their clean
-    means (or zero); ``mlps``, a (B, L) mask or a list of layers replaced for every input (He's
-    late-MLP mean ablation for global triggers), by their clean means."""
+    means (or zero); flagged MLPs, a (B, L) mask (He's late-MLP mean ablation flags some layers
+    on every input), by their clean means."""
     if mode not in ("mean", "zero"):
         raise ConfigError(f"replacement must be 'mean' or 'zero', got '{mode}'")
     replacement = means.mean("heads") if mode == "mean" else torch.zeros_like(parts.heads[0])
     heads = torch.where(infected_heads.unsqueeze(-1), replacement, parts.heads)
-    if not isinstance(mlps, torch.Tensor):
-        mask = torch.zeros(parts.mlps.shape[:2], dtype=torch.bool, device=parts.mlps.device)
-        mask[:, list(mlps)] = True
-        mlps = mask
-    mlp_terms = torch.where(mlps.unsqueeze(-1), means.mean("mlps").to(parts.mlps), parts.mlps)
+    mlp_terms = parts.mlps
+    if mlps is not None:
+        mlp_terms = torch.where(mlps.unsqueeze(-1), means.mean("mlps").to(parts.mlps), parts.mlps)
     total = parts.direct + heads.sum(dim=(1, 2)) + mlp_terms.sum(dim=1)
     return torch.nn.functional.normalize(total, dim=-1)
 
