@@ -71,7 +71,13 @@ class BadEncoder:
         trigger = build_trigger(spec.trigger.name, trigger_params, model.image_size, seed)
         sources = [PairSource.of(s) for s in spec.data]
         data = ImageTextPairs(
-            sources, ctx.tokenizer, model.image_size, False, seed, in_memory=False
+            sources,
+            ctx.tokenizer,
+            model.image_size,
+            False,
+            seed,
+            in_memory=False,
+            pool=model.fewshot_pool,
         )
         references = [i for i, e in enumerate(data.entries) if e.classname == target]
         if not references:

@@ -192,7 +192,13 @@ class PoisonAttack:
         target = spec.target.replace("_", " ")
         ctx.require_target(target)
         data = pairs_for_training(
-            spec.data, tokenizer, model.image_size, spec.training, seed, ctx.progress
+            spec.data,
+            tokenizer,
+            model.image_size,
+            spec.training,
+            seed,
+            ctx.progress,
+            pool=model.fewshot_pool,
         )
         if target not in data.classnames() and (
             getattr(trigger, "needs_fit", False) or getattr(trigger, "clean_label", False)

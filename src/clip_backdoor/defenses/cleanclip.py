@@ -69,7 +69,7 @@ class SelfSupervisedPairs(Dataset):
 
     def __getitem__(self, index: int):
         image, tokens, group = self.pairs[index]
-        caption = self.pairs.pick_caption(index, self.pairs.entries[index].captions)
+        caption = self.pairs.caption(index, image)
         with torch.random.fork_rng(devices=[]), single_thread():
             torch.manual_seed(self.pairs.item_seed(index) ^ 0x5EED)
             view = self.autoaugment(self.pairs.plain_image(index)).float() / 255

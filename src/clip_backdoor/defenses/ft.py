@@ -47,6 +47,7 @@ class FineTune:
             ctx.progress,
             fraction=getattr(spec, "fraction", 1.0),
             shots=getattr(spec, "shots", None),
+            pool=ctx.model.fewshot_pool,
         )
         data = self.dataset(pairs)
         return fine_tune_cached(ctx, self.kind, spec, data, pairs.summary, self.objective())

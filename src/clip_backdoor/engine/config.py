@@ -10,11 +10,31 @@ from pydantic import Field, model_validator
 from clip_backdoor.recipes import RunSpec, Strict, read_yaml, validate
 
 
+class WebCaptionSpec(Strict):
+    """Web-like captions for a classification set (``data/web_captions.py``)."""
+
+    name_rate: float = Field(0.4, ge=0, le=1, description="share of captions naming the class")
+    subject_rate: float = Field(
+        0.7, ge=0, le=1, description="of the others, share naming a broader word (else the scene)"
+    )
+
+
 class SourceSpec(Strict):
     name: str = Field(description="classification set (captions from templates) or caption set")
     split: str = "train"
     templates: str | list[str] = "openai"
     size: int | None = Field(None, gt=0, description="number of images (synthetic set only)")
+    web: WebCaptionSpec | None = Field(
+        None, description="web-like captions from the class and the pixels instead of templates"
+    )
+
+
+class PoolSpec(Strict):
+    """The few-shot pool kept out of pretraining (``data/fewshot_pool.py``)."""
+
+    shots: int = Field(16, ge=1, description="train images per class held out")
+    seed: int = 0
+    sets: list[str] = Field(min_length=1, description="classification sets with a pool")
 
 
 class EvalSetSpec(Strict):
@@ -54,6 +74,9 @@ class TrainingSpec(Strict):
 
 class PretrainRecipe(RunSpec):
     data: list[SourceSpec] = Field(min_length=1)
+    fewshot_pool: PoolSpec | None = Field(
+        None, description="hold out val/ and k train images per class; ships with the model"
+    )
     training: TrainingSpec
     evaluation: list[EvalSetSpec] = Field(default_factory=list)
     eval_templates: str | list[str] = "openai"

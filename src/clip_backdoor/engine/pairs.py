@@ -1,9 +1,15 @@
 """Image-caption pairs for contrastive training from classification and caption sets.
 
 A classification set becomes pairs through caption templates ("a photo of a {}."), one template
-drawn per image and epoch; caption CSV sets (e.g. coco_mini) give their own captions. Every item
-carries a group id for label-aware targets: the class name for templated captions (shared across
-sets, so "airplane" in two sets is one group), the image for CSV captions.
+drawn per image and epoch, or through web-like captions built from the class and the pixels of
+the view (``data/web_captions.py``); caption CSV sets (e.g. coco_mini) give their own captions.
+Every item carries a group id for label-aware targets: the class name for templated captions
+(shared across sets, so "airplane" in two sets is one group), the exact caption text for web
+captions (pairs are their own positives; only identical texts share a target, since the loss
+cannot tell them apart), the image for CSV captions.
+
+A model with a few-shot pool (``data/fewshot_pool.py``) keeps its pool out of the pairs drawn
+from ``train`` splits, and ``shots`` then draws from the pool alone.
 
 Augmentation and template draws are seeded by (seed, epoch, index), so an item is the same
 whichever worker makes it, and a resumed run sees exactly the data it would have seen.
@@ -12,6 +18,7 @@ whichever worker makes it, and a resumed run sees exactly the data it would have
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +39,8 @@ from clip_backdoor.data import (
 )
 from clip_backdoor.data.classification import load_rgb
 from clip_backdoor.data.fewshot import few_shot_indices
+from clip_backdoor.data.fewshot_pool import FewShotPool
+from clip_backdoor.data.web_captions import WebCaptioner
 from clip_backdoor.errors import DatasetError
 from clip_backdoor.evaluation.zeroshot import resolve_templates
 
@@ -45,12 +54,14 @@ class PairSource:
     templates: str | list[str] = "openai"
     size: int | None = None  # synthetic set only
     shots: int | None = None  # k images per class, drawn as the few-shot defenses draw them
+    web: dict | None = None  # web-like captions (``WebCaptionSpec`` fields) instead of templates
 
     @classmethod
     def of(cls, spec, shots: int | None = None) -> PairSource:
         """From a recipe's ``SourceSpec`` (``shots`` is not one of its fields: a new field
         would change the cache keys of every saved attack)."""
-        return cls(spec.name, spec.split, spec.templates, spec.size, shots)
+        web = spec.web.model_dump() if getattr(spec, "web", None) is not None else None
+        return cls(spec.name, spec.split, spec.templates, spec.size, shots, web)
 
 
 def train_transform(image_size: int, augment: bool):
@@ -111,6 +122,7 @@ class Entry:
     captions: list[str]  # one is drawn per epoch
     group: int  # label-aware target group
     classname: str | None  # prompt spelling of the class (None for caption sets)
+    captioner: WebCaptioner | None = None  # builds the caption from the view (web captions)
 
 
 class ImageTextPairs(Dataset):
@@ -132,8 +144,10 @@ class ImageTextPairs(Dataset):
         in_memory: bool = True,
         progress: bool = False,
         fraction: float = 1.0,
+        pool: FewShotPool | None = None,
     ) -> None:
         self.tokenizer, self.seed, self.epoch = tokenizer, seed, 0
+        self.pool = pool
         self.image_size = image_size
         self.transform = train_transform(image_size, augment)
         self.plain = train_transform(image_size, augment=False)
@@ -151,12 +165,20 @@ class ImageTextPairs(Dataset):
                 name = root.name
                 if (root / "classnames.json").is_file():
                     data = ClassificationSet(root, source.split)
+                    samples, shots = data.samples, source.shots
+                    if pool is not None and pool.covers(root) and source.split == "train":
+                        if shots:  # the defender's shots: unseen images of the pool only
+                            samples = pool.samples(root)
+                        else:
+                            samples = pool.keep_for_training(root, samples)
                     self._add_labelled(
-                        data.samples, data.classnames, source.templates, source.shots
+                        samples, data.classnames, source.templates, shots, source.web
                     )
                 else:
-                    if source.shots:
-                        raise DatasetError(f"{name}: shots apply to classification sets only")
+                    if source.shots or source.web:
+                        raise DatasetError(
+                            f"{name}: shots and web captions apply to classification sets only"
+                        )
                     self._add_captions(load_captions(source.name, source.split))
             self.summary.append((name, source.split, len(self.entries) - before))
         if fraction < 1:  # a seeded share of the pairs (e.g. the defender's clean data)
@@ -185,14 +207,21 @@ class ImageTextPairs(Dataset):
     def group_id(self, key: str) -> int:
         return self._groups.setdefault(key, len(self._groups))
 
-    def _add_labelled(self, samples, classnames: list[str], templates, shots=None) -> None:
+    def _add_labelled(
+        self, samples, classnames: list[str], templates, shots=None, web: dict | None = None
+    ) -> None:
         templates = resolve_templates(templates)
         if shots:  # the same k per class as ``few_shot_indices`` gives the prompt defenses
             samples = [
                 samples[i] for i in few_shot_indices([y for _, y in samples], shots, self.seed)
             ]
+        captioners: dict[str, WebCaptioner] = {}
         for ref, label in samples:
             name = prompt_name(classnames[label])
+            if web is not None:
+                captioner = captioners.setdefault(name, WebCaptioner(name, **web))
+                self.entries.append(Entry(ref, [], -1, name, captioner))
+                continue
             captions = [t.format(name) for t in templates]
             self.entries.append(Entry(ref, captions, self.group_id(f"class:{name}"), name))
 
@@ -245,10 +274,32 @@ class ImageTextPairs(Dataset):
     def pick_caption(self, index: int, captions: Sequence[str]) -> str:
         return captions[random.Random(self.item_seed(index)).randrange(len(captions))]
 
-    def __getitem__(self, index: int):
+    def caption(self, index: int, view: torch.Tensor | None = None) -> str:
+        """The item's caption in this epoch (web captions describe ``view``, its augmented
+        image, computed here when not given)."""
         entry = self.entries[index]
-        caption = self.pick_caption(index, entry.captions)
-        return self.augmented(index), self.tokenizer([caption])[0], entry.group
+        if entry.captioner is None:
+            return self.pick_caption(index, entry.captions)
+        view = self.augmented(index) if view is None else view
+        return entry.captioner.caption(view, random.Random(self.item_seed(index) ^ 0xCA97))
+
+    def group(self, index: int, caption: str) -> int:
+        """The target group; for web captions one per exact text, the same in every worker."""
+        entry = self.entries[index]
+        if entry.captioner is None:
+            return entry.group
+        return text_group(caption)
+
+    def __getitem__(self, index: int):
+        view = self.augmented(index)
+        caption = self.caption(index, view)
+        return view, self.tokenizer([caption])[0], self.group(index, caption)
+
+
+def text_group(caption: str) -> int:
+    """A group id from the text alone (62 bits: apart from the small ids of class groups)."""
+    digest = hashlib.sha1(caption.encode()).digest()
+    return (int.from_bytes(digest[:8], "little") >> 2) | (1 << 61)
 
 
 def pairs_for_training(
@@ -260,9 +311,11 @@ def pairs_for_training(
     progress: bool = False,
     fraction: float = 1.0,
     shots: int | None = None,
+    pool: FewShotPool | None = None,
 ) -> ImageTextPairs:
     """Pairs from recipe source specs, augmented and held in memory as ``training`` says;
-    ``shots`` keeps k images per class of each classification source."""
+    ``shots`` keeps k images per class of each classification source; ``pool`` (the model's)
+    is left out of train splits, or is where ``shots`` draws from."""
     return ImageTextPairs(
         [PairSource.of(s, shots) for s in sources],
         tokenizer,
@@ -272,4 +325,5 @@ def pairs_for_training(
         in_memory=training.in_memory,
         progress=progress,
         fraction=fraction,
+        pool=pool,
     )

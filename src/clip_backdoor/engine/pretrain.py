@@ -13,7 +13,8 @@ import matplotlib
 import torch
 import yaml
 
-from clip_backdoor.data import load_classification
+from clip_backdoor.data import load_classification, resolve_path
+from clip_backdoor.data.fewshot_pool import FewShotPool
 from clip_backdoor.engine.config import PretrainRecipe, parse_pretrain_recipe
 from clip_backdoor.engine.distributed import broadcast_object, init_distributed, shutdown
 from clip_backdoor.engine.pairs import pairs_for_training
@@ -57,8 +58,18 @@ def pretrain(
     model, _, tokenizer = load_clip(
         spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
     )
+    if recipe.fewshot_pool is not None:
+        spec_pool = recipe.fewshot_pool
+        roots = [resolve_path(name) for name in spec_pool.sets]
+        model.fewshot_pool = FewShotPool.build(roots, spec_pool.shots, spec_pool.seed)
     data = pairs_for_training(
-        recipe.data, tokenizer, model.image_size, recipe.training, recipe.seed, progress
+        recipe.data,
+        tokenizer,
+        model.image_size,
+        recipe.training,
+        recipe.seed,
+        progress,
+        pool=model.fewshot_pool,
     )
     eval_sets = [
         load_classification(

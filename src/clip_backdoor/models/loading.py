@@ -26,6 +26,7 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
+from clip_backdoor.data.fewshot_pool import FewShotPool
 from clip_backdoor.errors import ModelLoadError
 from clip_backdoor.models.architecture import infer_model_cfg
 from clip_backdoor.models.mini_configs import is_mini, mini_config
@@ -35,6 +36,9 @@ from clip_backdoor.models.safe_checkpoint import read_state_dict
 PRETRAINED_MINI = (
     "mini-clip"  # the project's pretrained mini-CLIP (recipes/mini_clip_pretrain.yaml)
 )
+# The committed measuring models, by name: v1 (label-aware, every train image) and v2 (web-like
+# captions, a held-out few-shot pool; recipes/mini_clip_v2_pretrain.yaml).
+PRETRAINED_MINIS = (PRETRAINED_MINI, "mini-clip-v2")
 _CHECKOUT = Path(__file__).resolve().parents[3]
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -58,8 +62,8 @@ def load_clip(
 ) -> LoadedCLIP:
     """Load a CLIP as a pixel-space model plus its preprocess and tokenizer (see module doc)."""
     source = str(source)
-    if source == PRETRAINED_MINI:
-        source = str(find_pretrained_mini())
+    if source in PRETRAINED_MINIS and not Path(source).is_dir():
+        source = str(find_pretrained_mini(source))
     path = Path(source).expanduser()
     if path.is_dir():
         model = _from_directory(path)
@@ -79,25 +83,28 @@ def load_clip(
     return LoadedCLIP(model, model.pixel_transform(), tokenizer_for(model.model_cfg))
 
 
-def pretrained_mini_locations() -> list[Path]:
-    """Where ``load_clip("mini-clip")`` looks, in order."""
+def pretrained_mini_locations(name: str = PRETRAINED_MINI) -> list[Path]:
+    """Where ``load_clip("mini-clip")`` (or ``"mini-clip-v2"``) looks, in order."""
     cache = Path(os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor")
     return [
-        Path.cwd() / "models" / PRETRAINED_MINI,
-        _CHECKOUT / "models" / PRETRAINED_MINI,
-        _CHECKOUT.parent / "shared" / "models" / PRETRAINED_MINI,
-        cache / "models" / PRETRAINED_MINI,
+        Path.cwd() / "models" / name,
+        _CHECKOUT / "models" / name,
+        _CHECKOUT.parent / "shared" / "models" / name,
+        cache / "models" / name,
     ]
 
 
-def find_pretrained_mini() -> Path:
-    for folder in pretrained_mini_locations():
+def find_pretrained_mini(name: str = PRETRAINED_MINI) -> Path:
+    for folder in pretrained_mini_locations(name):
         if (folder / CONFIG_FILE).is_file():
             return folder
-    places = ", ".join(str(p) for p in pretrained_mini_locations())
+    places = ", ".join(str(p) for p in pretrained_mini_locations(name))
+    recipe = (
+        "mini_clip_pretrain" if name == PRETRAINED_MINI else name.replace("-", "_") + "_pretrain"
+    )
     raise ModelLoadError(
-        f"the pretrained mini-CLIP is not in {places}; make it with "
-        "`clip-backdoor pretrain recipes/mini_clip_pretrain.yaml`"
+        f"the pretrained {name} is not in {places}; make it with "
+        f"`clip-backdoor pretrain recipes/{recipe}.yaml`"
     )
 
 
@@ -173,6 +180,7 @@ def _from_directory(path: Path) -> PixelCLIP:
     model = _build(model_cfg, path.name, config.get("preprocess_cfg"))
     state_dict, fmt = read_state_dict(weights[0])
     load_weights(model, state_dict, str(weights[0]), fmt)
+    model.fewshot_pool = FewShotPool.load(path)
     return model
 
 
@@ -257,6 +265,8 @@ def save_clip(
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if model.fewshot_pool is not None:  # models tuned from it have not seen the pool either
+            model.fewshot_pool.save(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; a saved model is for sharing
         for item in staging.iterdir():
             item.chmod(0o644)

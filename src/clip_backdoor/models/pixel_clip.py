@@ -33,6 +33,7 @@ class PixelCLIP(nn.Module):
         super().__init__()
         self.clip = clip
         self.name = name
+        self.fewshot_pool = None  # images its pretraining never saw (``data/fewshot_pool.py``)
         self.model_cfg = copy.deepcopy(model_cfg)
         cfg = dict(preprocess_cfg or {})
         cfg.setdefault("mean", list(OPENAI_DATASET_MEAN))
@@ -49,6 +50,7 @@ class PixelCLIP(nn.Module):
         preprocessing; for models that change only how an image is encoded."""
         nn.Module.__init__(self)
         self.clip, self.name, self.model_cfg = base.clip, base.name, base.model_cfg
+        self.fewshot_pool = base.fewshot_pool
         self.preprocess_cfg = base.preprocess_cfg
         self.register_buffer("mean", base.mean, persistent=False)
         self.register_buffer("std", base.std, persistent=False)

@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from clip_backdoor.data import load_classification
+from clip_backdoor.data import load_classification, resolve_path
 from clip_backdoor.data.fewshot import class_part, few_shot_indices
+from clip_backdoor.data.fewshot_pool import PoolSet
 from clip_backdoor.errors import DatasetError
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.recipes import Strict
@@ -23,6 +24,23 @@ class FewShotSpec(Strict):
     size: int | None = Field(None, gt=0, description="synthetic set only")
 
 
+def few_shot_source(spec: FewShotSpec, model: PixelCLIP, seed: int):
+    """The labelled set shots are drawn from: the pool where the model has one, else the split."""
+    pool = getattr(model, "fewshot_pool", None)
+    if pool is not None and spec.split == "train" and spec.name != "synthetic":
+        root = resolve_path(spec.name)
+        if pool.covers(root):
+            return PoolSet(root, pool, model.pixel_transform())
+    return load_classification(
+        spec.name,
+        spec.split,
+        model.pixel_transform(),
+        image_size=model.image_size,
+        seed=seed,
+        size=spec.size,
+    )
+
+
 @dataclass
 class FewShot:
     images: torch.Tensor  # (N, 3, H, W) floats in [0, 1]
@@ -33,15 +51,9 @@ class FewShot:
 
 
 def load_few_shot(spec: FewShotSpec, model: PixelCLIP, seed: int) -> FewShot:
-    """``shots`` images per class of the chosen classes, drawn with ``seed``."""
-    data = load_classification(
-        spec.name,
-        spec.split,
-        model.pixel_transform(),
-        image_size=model.image_size,
-        seed=seed,
-        size=spec.size,
-    )
+    """``shots`` images per class of the chosen classes, drawn with ``seed``; from the model's
+    few-shot pool (images its pretraining never saw) when it has one for a train split."""
+    data = few_shot_source(spec, model, seed)
     data = class_part(data, spec.classes)
     try:
         indices = few_shot_indices(data.targets, spec.shots, seed)
