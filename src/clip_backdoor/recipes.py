@@ -84,7 +84,7 @@ class EvaluationSpec(Strict):
 
 
 class StageSpec(Strict):
-    kind: Literal["attack", "defense", "detection", "prompt"]
+    kind: Literal["attack", "defense", "detection", "prompt", "analysis"]
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
@@ -120,6 +120,7 @@ STAGE_REGISTRY = {
     "defense": "defense",
     "detection": "detector",
     "prompt": "prompt_learner",
+    "analysis": "analysis",
 }
 
 

@@ -50,6 +50,7 @@ ATTACKS: Registry = Registry("attack")
 DEFENSES: Registry = Registry("defense")
 DETECTORS: Registry = Registry("detector")
 PROMPT_LEARNERS: Registry = Registry("prompt learner")
+ANALYSES: Registry = Registry("analysis")
 
 REGISTRIES: dict[str, Registry] = {
     "trigger": TRIGGERS,
@@ -57,4 +58,5 @@ REGISTRIES: dict[str, Registry] = {
     "defense": DEFENSES,
     "detector": DETECTORS,
     "prompt_learner": PROMPT_LEARNERS,
+    "analysis": ANALYSES,
 }

@@ -145,11 +145,17 @@ def pixel_attributes(image: torch.Tensor) -> Attributes:
     luminance = float(LUMA @ small.reshape(3, -1).mean(axis=1))
     brightness = "dark" if luminance < 0.3 else "bright" if luminance > 0.6 else "medium"
     grayscale = float(pixels.std(axis=0).mean()) < 0.02
-    background = small[:, BORDER].mean(axis=1)
+    background = np.median(small[:, BORDER], axis=1)  # robust to an object touching the edge
     centre = small[:, 4:12, 4:12].mean(axis=(1, 2))
     distance = np.linalg.norm(small - background[:, None, None], axis=0).ravel()
-    salient = distance >= np.partition(distance, distance.size * 3 // 4)[distance.size * 3 // 4]
-    dx, dy = float(XS[salient].mean()) - 0.5, float(YS[salient].mean()) - 0.5
+    # the salient part: at most the quarter of cells farthest from the background colour (ties
+    # at the cut, as on a flat backdrop, and cells close to the background never count)
+    cut = max(float(np.partition(distance, distance.size * 3 // 4)[distance.size * 3 // 4]), 0.02)
+    salient = distance > cut
+    if salient.any():
+        dx, dy = float(XS[salient].mean()) - 0.5, float(YS[salient].mean()) - 0.5
+    else:
+        dx = dy = 0.0
     if max(abs(dx), abs(dy)) < 0.1:
         position = "in the middle"
     elif abs(dx) >= abs(dy):
