@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
 from PIL import Image
 
 from clip_backdoor.data.fewshot_pool import FewShotPool, PoolSet

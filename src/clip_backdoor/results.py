@@ -21,6 +21,7 @@ from clip_backdoor.bai_results import bai_rows, write_bai
 from clip_backdoor.decomposition_results import decomposition_rows, write_decomposition
 from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
+from clip_backdoor.measuring_results import measuring_rows, write_measuring
 from clip_backdoor.runner import ASR_NOTE
 from clip_backdoor.runs import markdown_table, provenance
 
@@ -149,7 +150,7 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition")
+TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition", "measuring")
 
 
 def run_record(table: str, folder: Path) -> dict:
@@ -163,6 +164,8 @@ def run_record(table: str, folder: Path) -> dict:
         rows = ablation_rows(metrics, config)
     elif table == "decomposition":
         rows = decomposition_rows(metrics, config, lambda name, _config: name)  # issue's names
+    elif table == "measuring":
+        rows = measuring_rows(metrics, config)
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
@@ -216,6 +219,8 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         return write_ablations(rows, sources, out, ledger_file.name)
     if table == "decomposition":
         return write_decomposition(rows, sources, out, ledger_file.name)
+    if table == "measuring":
+        return write_measuring(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")

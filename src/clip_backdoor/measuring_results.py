@@ -1,0 +1,141 @@
+"""``results/measuring.md`` and ``.csv``: can a measuring model judge few-shot methods?
+
+What a model must show before CoOp, CoCoOp, VPT, RVPT and the linear probe can be judged on it
+(issue 25): held-out zero-shot CA, few-shot methods against the zero-shot prompt of the same run
+(the gain), and linear probes for class-irrelevant pixel attributes (``attribute_probe.csv``),
+each with the model it was measured on, so v1 and v2 rows sit side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from clip_backdoor.runs import markdown_table, provenance
+
+MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
+MEASURING_COLUMNS += ["seed"]
+ATTRIBUTE_COLUMNS = ["model", "data", "attribute", "classes", "accuracy", "majority", "seed"]
+# Issue 25's bars: the least gain over zero-shot each method must show on a measuring model.
+GAIN_BARS = {"coop": 3.0, "cocoop": 3.0, "linear_probe": 0.0, "vpt": 0.0}
+
+
+def _model(config: dict) -> str:
+    return str(config.get("model", {}).get("name", "?"))
+
+
+def _shots(config: dict, label: str):
+    for stage in config.get("stages", []):
+        if (stage.get("label") or stage.get("method")) == label:
+            return stage.get("params", {}).get("train", {}).get("shots", 16)
+    return ""
+
+
+def measuring_rows(metrics: dict, config: dict) -> list[dict]:
+    """One row per evaluated point; the zero-shot point of the same data set is the baseline."""
+    points = metrics.get("points", [])
+    zeroshot = {p["data"]: p["ca"] for p in points if p["kind"] == "clean"}
+    rows = []
+    for point in points:
+        method = "zeroshot" if point["kind"] == "clean" else point["point"]
+        base = zeroshot.get(point["data"])
+        rows.append(
+            {
+                "kind": "fewshot",
+                "model": _model(config),
+                "data": point["data"],
+                "classes": point.get("classes", ""),
+                "method": method,
+                "shots": "" if method == "zeroshot" else _shots(config, point["point"]),
+                "ca": 100 * point["ca"],
+                "zeroshot_ca": math.nan if base is None else 100 * base,
+                "gain": math.nan if base is None else 100 * (point["ca"] - base),
+                "templates": len(config.get("resolved", {}).get("templates", [])),
+                "seed": config.get("seed"),
+            }
+        )
+    for key, value in metrics.items():
+        if not key.startswith("analysis.") or "sets" not in value:
+            continue
+        for data, probes in value["sets"].items():
+            for probe in probes:
+                rows.append(
+                    {
+                        "kind": "attribute",
+                        "model": _model(config),
+                        "data": data.split("/")[0],
+                        "attribute": probe["attribute"],
+                        "classes": probe["classes"],
+                        "accuracy": 100 * probe["accuracy"],
+                        "majority": 100 * probe["majority"],
+                        "seed": config.get("seed"),
+                    }
+                )
+    return rows
+
+
+def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _bar(row: dict) -> str:
+    bar = GAIN_BARS.get(row["method"])
+    if bar is None or math.isnan(row["gain"]):
+        return "-"
+    passed = row["gain"] >= bar if row["method"] != "linear_probe" else row["gain"] > bar
+    sign = ">" if row["method"] == "linear_probe" else ">="
+    return f"{'meets' if passed else 'misses'} ({sign} {bar:+.0f})"
+
+
+def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
+    points = [r for r in rows if r["kind"] == "fewshot"]
+    points.sort(key=lambda r: (r["data"], r["method"] != "zeroshot", r["method"], r["model"]))
+    probes = [r for r in rows if r["kind"] == "attribute"]
+    probes.sort(key=lambda r: (r["data"], r["attribute"], r["model"]))
+    _csv(out / "measuring.csv", MEASURING_COLUMNS, points)
+    _csv(out / "attribute_probe.csv", ATTRIBUTE_COLUMNS, probes)
+    text = "# Measuring models: can few-shot methods be judged on them?\n\n"
+    heldout = [r for r in points if r["method"] == "zeroshot" and r["templates"] > 1]
+    if heldout:
+        text += "## Held-out zero-shot CA (CLIP's 80 templates averaged)\n\n"
+        text += markdown_table(
+            ["model", "data", "classes", "CA %", "seed"],
+            [[r["model"], r["data"], r["classes"], r["ca"], r["seed"]] for r in heldout],
+        )
+        text += "\n\n"
+    tuned = [r for r in points if r["method"] != "zeroshot"]
+    if tuned:
+        text += "## Few-shot methods against the zero-shot prompt of the same run\n\n"
+        headers = ["model", "data", "classes", "method", "shots", "seed", "ACC %"]
+        headers += ["zero-shot %", "gain", "bar"]
+        body = [
+            [r["model"], r["data"], r["classes"], r["method"], r["shots"], r["seed"], r["ca"]]
+            + [r["zeroshot_ca"], r["gain"], _bar(r)]
+            for r in sorted(tuned, key=lambda r: (r["model"], r["data"], r["method"], r["seed"]))
+        ]
+        text += markdown_table(headers, body)
+        text += (
+            '\n\nZero-shot: the hand-made prompt "a photo of a {}." on the same test images. '
+            "Bars (issue 25): CoOp and CoCoOp at least 3 points above zero-shot, the linear probe "
+            "above it, clean VPT not below it. Shots come from the model's few-shot pool where "
+            "it has one (v2), else from the train split (v1).\n\n"
+        )
+    if probes:
+        text += "## Probes for class-irrelevant features (pixel attributes)\n\n"
+        text += markdown_table(
+            ["model", "data", "attribute", "classes", "probe %", "majority %", "seed"],
+            [[r[c] for c in ATTRIBUTE_COLUMNS] for r in probes],
+        )
+        text += (
+            "\n\nLogistic regression on standardised frozen image features, fit on a seeded "
+            "half of each test split and scored on the other half; majority: the most frequent "
+            "attribute value of the fit half, scored the same way.\n\n"
+        )
+    text += provenance("measuring", ledger_name, sources)
+    (out / "measuring.md").write_text(text)
+    return text
