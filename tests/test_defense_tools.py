@@ -151,4 +151,5 @@ def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
     write_ablations(rows, ["- `run`: recipe `recipes/rvpt_ablation_shots.yaml`"], tmp_path, "x")
     assert (tmp_path / "ablation_rvpt_ablation_shots.png").stat().st_size > 1000
     lines = (tmp_path / "ablation_rvpt_ablation_shots.csv").read_text().splitlines()
-    assert lines[0] == "ablation,defense,parameter,value,ca,asr,seed" and len(lines) == 4
+    assert lines[0] == "model,ablation,defense,parameter,value,ca,asr,seed" and len(lines) == 4
+    assert lines[1].startswith("?,rvpt_ablation_shots,none,")  # the config names no model

@@ -156,11 +156,11 @@ def test_detectors_and_decomp_rep_on_a_tiny_poisoned_model(tmp_path):
     out = tmp_path / "results"
     text = write_summary("decomposition", [str(run)], out)
     detection = (out / "detection.csv").read_text().splitlines()
-    assert detection[0] == "attack,detector,auroc,tpr_at_5fpr,seed"
-    assert len(detection) == 1 + 4 and detection[1].startswith("badnet,decomp_det,")
+    assert detection[0] == "model,attack,detector,auroc,tpr_at_5fpr,seed"
+    assert len(detection) == 1 + 4 and detection[1].startswith("mini-tiny,badnet,decomp_det,")
     repair = (out / "repair.csv").read_text().splitlines()
-    assert repair[0] == "attack,defense,ca,asr,seed"
-    assert [line.split(",")[1] for line in repair[1:]] == ["none", "rep", "rep_stream"]
+    assert repair[0] == "model,attack,defense,ca,asr,seed"
+    assert [line.split(",")[2] for line in repair[1:]] == ["none", "rep", "rep_stream"]
     assert "| badnet | decomp_det | 0 |" in text and (out / "decomposition.md").is_file()
     assert (out / "decomposition_badnet_decomp_det_seed0.png").is_file()
 

@@ -171,3 +171,36 @@ def test_only_identical_web_captions_share_a_group(tiny, image_folder):
     for (_, _, group), caption in zip(items, captions, strict=True):
         assert group == text_group(caption)
     assert text_group("a cat") == text_group("a cat") != text_group("a dog")
+
+
+def test_attribute_probes_read_attributes_that_the_features_hold():
+    from clip_backdoor.analysis.attribute_probe import AttributeProbeSpec, probe_accuracies
+
+    rng = np.random.default_rng(0)
+    known = rng.integers(0, 3, size=400)  # encoded in the features (plus noise)
+    unknown = rng.integers(0, 3, size=400)  # not in them at all
+    features = np.eye(3)[known] * 2 + rng.normal(size=(400, 3))
+    features = np.hstack([features, rng.normal(size=(400, 5))])
+    rows = probe_accuracies(features, {"known": known, "unknown": unknown}, AttributeProbeSpec(), 0)
+    by_name = {row["attribute"]: row for row in rows}
+    assert by_name["known"]["accuracy"] > 0.8 > by_name["known"]["majority"]
+    assert abs(by_name["unknown"]["accuracy"] - 1 / 3) < 0.1
+
+
+def test_measuring_rows_give_each_method_its_gain_over_zero_shot():
+    from clip_backdoor.measuring_results import _bar, measuring_rows
+
+    points = [
+        {"point": "clean", "kind": "clean", "data": "caltech101:base", "classes": 50, "ca": 0.5},
+        {"point": "coop", "kind": "prompt", "data": "caltech101:base", "classes": 50, "ca": 0.56},
+        {"point": "vpt", "kind": "defense", "data": "caltech101:base", "classes": 50, "ca": 0.49},
+    ]
+    config = {
+        "model": {"name": "mini-clip-v2"},
+        "seed": 1,
+        "stages": [{"method": "coop", "label": "coop", "params": {"train": {"shots": 8}}}],
+    }
+    rows = {r["method"]: r for r in measuring_rows({"points": points}, config)}
+    assert rows["coop"]["gain"] == pytest.approx(6.0) and rows["coop"]["shots"] == 8
+    assert _bar(rows["coop"]).startswith("meets") and _bar(rows["vpt"]).startswith("misses")
+    assert rows["zeroshot"]["model"] == "mini-clip-v2"

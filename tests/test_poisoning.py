@@ -197,7 +197,8 @@ def test_summary_verdicts_and_liang_headline():
     from clip_backdoor.results import headline_checks, verdict
 
     def row(trigger, seed, asr, ca, after):
-        return {"trigger": trigger, "seed": seed, "asr": asr, "ca_clean": 51.0} | {
+        return {"model": "mini-clip", "trigger": trigger, "seed": seed, "asr": asr} | {
+            "ca_clean": 51.0,
             "ca_poisoned": ca,
             "asr_after_ft": after,
         }

@@ -247,7 +247,7 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
     text = write_summary("bai", [str(result.path)], tmp_path / "results")
     lines = (tmp_path / "results" / "bai.csv").read_text().splitlines()
     assert lines[0].split(",") == BAI_COLUMNS
-    methods = {line.split(",")[4] for line in lines[1:]}
+    methods = {line.split(",")[5] for line in lines[1:]}
     assert methods == {"zeroshot", "coop", "badclip@eps8/255"}  # eps off the paper's 4/255
     assert "harmonic means" in text
     psnr = result.metrics["quality"]["psnr"]

@@ -13,9 +13,9 @@ import json
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table
+from clip_backdoor.runs import config_model, markdown_table
 
-ABLATION_COLUMNS = ["ablation", "defense", "parameter", "value", "ca", "asr", "seed"]
+ABLATION_COLUMNS = ["model", "ablation", "defense", "parameter", "value", "ca", "asr", "seed"]
 
 
 def _flatten(params: dict, prefix: str = "") -> dict:
@@ -51,6 +51,7 @@ def ablation_rows(metrics: dict, config: dict) -> list[dict]:
                 "ca": 100 * float(point["ca"]),
                 "asr": 100 * float(point["asr"]),
                 "seed": config.get("seed"),
+                "model": config_model(config),
             }
         )
     return rows
@@ -111,9 +112,10 @@ def write_ablations(rows: list[dict], sources: list[str], out: Path, ledger_name
                     {k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()}
                 )
         _plot(mine, stem.with_suffix(".png"))
-        headers = ["defense", "parameter", "value", "seed", "CA %", "ASR %"]
+        headers = ["model", "defense", "parameter", "value", "seed", "CA %", "ASR %"]
         body = [
-            [r["defense"], r["parameter"], r["value"], r["seed"], r["ca"], r["asr"]] for r in mine
+            [r["model"], r["defense"], r["parameter"], r["value"], r["seed"], r["ca"], r["asr"]]
+            for r in mine
         ]
         runs = [s for s in sources if f"recipe `recipes/{name}.yaml`" in s] or sources
         text = (

@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance
 
-BAI_COLUMNS = ["protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
+BAI_COLUMNS = ["model", "protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
 PAPER_EPS, PAPER_JOINT_EPOCHS = 4 / 255, 10
 
 
@@ -87,6 +87,7 @@ def bai_rows(metrics: dict, config: dict) -> list[dict]:
                 "acc": 100 * point["ca"],
                 "asr": "" if asr is None else 100 * asr,
                 "seed": config.get("seed"),
+                "model": config_model(config),
             }
         )
     return rows
@@ -95,16 +96,18 @@ def bai_rows(metrics: dict, config: dict) -> list[dict]:
 def harmonic_lines(rows: list[dict]) -> list[list]:
     """Per source, method and seed with a base and a novel row: H of ACC and of ASR."""
     table = []
-    keys = sorted({(r["source"], r["method"], r["seed"]) for r in rows})
-    for source, method, seed in keys:
-        mine = [r for r in rows if (r["source"], r["method"], r["seed"]) == (source, method, seed)]
+    keys = sorted({(r["model"], r["source"], r["method"], r["seed"]) for r in rows}, key=str)
+    for model, source, method, seed in keys:
+        key = (model, source, method, seed)
+        mine = [r for r in rows if (r["model"], r["source"], r["method"], r["seed"]) == key]
         base = [r for r in mine if r["eval_set"].endswith(":base")]
         novel = [r for r in mine if r["eval_set"].endswith(":novel")]
         if not base or not novel:
             continue
         b, n = base[0], novel[0]
         h_asr = harmonic(b["asr"], n["asr"]) if b["asr"] != "" and n["asr"] != "" else math.nan
-        table.append([source, method, seed, b["acc"], n["acc"], harmonic(b["acc"], n["acc"])])
+        table.append([model, source, method, seed, b["acc"], n["acc"]])
+        table[-1].append(harmonic(b["acc"], n["acc"]))
         table[-1] += [b["asr"] or math.nan, n["asr"] or math.nan, h_asr]
     return table
 
@@ -120,7 +123,8 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
     text = (
         "# Trigger-aware prompt attack (Bai et al.) on mini-CLIP\n\n"
         + markdown_table(
-            ["protocol", "source", "eval set", "classes", "method", "ACC %"] + ["ASR %", "seed"],
+            ["model", "protocol", "source", "eval set", "classes", "method", "ACC %"]
+            + ["ASR %", "seed"],
             body,
         )
         + "\n\nACC: top-1 on clean test images. ASR: triggered test images whose true class is not"
@@ -131,7 +135,7 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
         " the paper's ImageNet variants.\n\n"
     )
     if h:
-        headers = ["source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]
+        headers = ["model", "source", "method", "seed", "ACC seen", "ACC unseen", "ACC H"]
         headers += ["ASR seen", "ASR unseen", "ASR H"]
         text += "Base-to-novel, harmonic means:\n\n" + markdown_table(headers, h) + "\n\n"
     text += provenance("bai", ledger_name, sources)

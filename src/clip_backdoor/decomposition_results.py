@@ -17,20 +17,22 @@ import numpy as np
 
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
 from clip_backdoor.defense_results import attack_label
-from clip_backdoor.runs import markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance
 
-DETECTION_COLUMNS = ["attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
-REPAIR_COLUMNS = ["attack", "defense", "ca", "asr", "seed"]
+DETECTION_COLUMNS = ["model", "attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
+REPAIR_COLUMNS = ["model", "attack", "defense", "ca", "asr", "seed"]
 REPAIR_ASR_BAR, REPAIR_CA_DROP, AUROC_BAR = 20.0, 3.0, 0.9  # the issue's bars (BadNet)
 
 
 def decomposition_rows(metrics: dict, config: dict, label_of) -> list[dict]:
     attack, seed = attack_label(config, label_of), config.get("seed")
+    model = config_model(config)
     rows = []
     for key, value in metrics.items():
         if not key.startswith("detection."):
             continue
-        row = {"table": "detection", "attack": attack, "detector": key.split(".", 1)[1]}
+        row = {"table": "detection", "model": model, "attack": attack}
+        row["detector"] = key.split(".", 1)[1]
         row.update(auroc=value["auroc"], seed=seed, auroc_successful=value.get("auroc_successful"))
         if math.isclose(value.get("target_fpr", 0.05), 0.05):
             row["tpr_at_5fpr"] = value["tpr_at_fpr"]
@@ -45,6 +47,7 @@ def decomposition_rows(metrics: dict, config: dict, label_of) -> list[dict]:
                     "attack": attack,
                     "detector": row["detector"],
                     "seed": seed,
+                    "model": model,
                     "rates": value["flag_rates"],
                 }
             )
@@ -59,6 +62,7 @@ def decomposition_rows(metrics: dict, config: dict, label_of) -> list[dict]:
                 "ca": 100 * float(point["ca"]),
                 "asr": 100 * float(point["asr"]),
                 "seed": seed,
+                "model": model,
                 "images": point["n"],
             }
         )
@@ -94,17 +98,22 @@ def _top_flags(rates: dict, count: int = 3) -> str:
     return ", ".join(f"{n} {t:.2f} ({c:.2f})" for t, c, n in cells[:count])
 
 
+def _case(row: dict) -> tuple:
+    """What one verdict is about: a poisoned model (measuring model, attack, seed)."""
+    return (row["model"], row["attack"], row["seed"])
+
+
 def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
     lines = []
-    for attack, seed in sorted({(r["attack"], r["seed"]) for r in repairs}, key=str):
-        mine = {r["defense"]: r for r in repairs if (r["attack"], r["seed"]) == (attack, seed)}
+    for model, attack, seed in sorted({_case(r) for r in repairs}, key=str):
+        mine = {r["defense"]: r for r in repairs if _case(r) == (model, attack, seed)}
         none = mine.get("none")
         if none is None:
             continue
         if none["asr"] <= REPAIR_ASR_BAR:
             lines.append(
-                f"- {attack}, seed {seed}: no backdoor to repair or detect (undefended ASR "
-                f"{none['asr']:.2f})"
+                f"- {model}, {attack}, seed {seed}: no backdoor to repair or detect "
+                f"(undefended ASR {none['asr']:.2f})"
             )
             continue
         for name in ("decomp_rep_he", "decomp_rep"):
@@ -113,23 +122,19 @@ def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
                 drop = none["ca"] - rep["ca"]
                 ok = rep["asr"] <= REPAIR_ASR_BAR and drop <= REPAIR_CA_DROP
                 lines.append(
-                    f"- {attack}, seed {seed}: {name} ASR {none['asr']:.2f} -> {rep['asr']:.2f},"
-                    f" CA {none['ca']:.2f} -> {rep['ca']:.2f} ({-drop:+.2f}): "
+                    f"- {model}, {attack}, seed {seed}: {name} ASR {none['asr']:.2f} -> "
+                    f"{rep['asr']:.2f}, CA {none['ca']:.2f} -> {rep['ca']:.2f} ({-drop:+.2f}): "
                     f"{'meets' if ok else 'misses'} ASR <= {REPAIR_ASR_BAR:g} with CA drop <= "
                     f"{REPAIR_CA_DROP:g}"
                 )
-    weak = {
-        (r["attack"], r["seed"])
-        for r in repairs
-        if r["defense"] == "none" and r["asr"] <= REPAIR_ASR_BAR
-    }
+    weak = {_case(r) for r in repairs if r["defense"] == "none" and r["asr"] <= REPAIR_ASR_BAR}
     for row in detections:
-        if (row["attack"], row["seed"]) in weak:
+        if _case(row) in weak:
             continue
         if row["detector"].startswith("decomp_det"):
             ok = row["auroc"] >= AUROC_BAR
             lines.append(
-                f"- {row['attack']}, seed {row['seed']}: {row['detector']} AUROC "
+                f"- {row['model']}, {row['attack']}, seed {row['seed']}: {row['detector']} AUROC "
                 f"{row['auroc']:.3f}: {'meets' if ok else 'misses'} >= {AUROC_BAR:g}"
             )
     return lines
@@ -139,14 +144,14 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
     order = {"badnet": 0, "blended": 1, "wanet": 2, "dual_embedding": 3}
 
     def key(r: dict) -> tuple:
-        return (order.get(r["attack"], 9), r["attack"], str(r["seed"]))
+        return (r["model"], order.get(r["attack"], 9), r["attack"], str(r["seed"]))
 
     detections = sorted([r for r in rows if r["table"] == "detection"], key=key)
     seen: set[tuple] = set()  # a recipe of detectors only has the poisoned model's row too
     repairs = []
     for row in sorted([r for r in rows if r["table"] == "repair"], key=key):
-        if (row["attack"], row["defense"], row["seed"]) not in seen:
-            seen.add((row["attack"], row["defense"], row["seed"]))
+        if (*_case(row), row["defense"]) not in seen:
+            seen.add((*_case(row), row["defense"]))
             repairs.append(row)
     flags = sorted([r for r in rows if r["table"] == "flags"], key=key)
     _write_csv(out / "detection.csv", DETECTION_COLUMNS, detections)
@@ -154,16 +159,20 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
     figures = []
     for row in flags:
         name = f"decomposition_{row['attack']}_{row['detector']}_seed{row['seed']}.png"
+        if row["model"] != "mini-clip":  # v1's figures keep their names
+            name = f"{row['model']}_{name}"
         rates = {k: {p: np.asarray(v) for p, v in r.items()} for k, r in row["rates"].items()}
-        title = f"mini-CLIP, {row['attack']}: flag rates ({row['detector']})"
+        title = f"{row['model']}, {row['attack']}: flag rates ({row['detector']})"
         flag_rate_figure(rates, out / name, title)
         figures.append(name)
 
     det_table = markdown_table(
-        ["attack", "detector", "seed", "images", "AUROC", "TPR @ 5% FPR", "AUROC (successful)"]
+        ["model", "attack", "detector", "seed", "images", "AUROC", "TPR @ 5% FPR"]
+        + ["AUROC (successful)"]
         + ["filter: FPR", "filter: TPR", "ASR before", "ASR after"],
         [
-            [r["attack"], r["detector"], r["seed"], r.get("images", "-"), _fmt(r["auroc"])]
+            [r["model"], r["attack"], r["detector"], r["seed"], r.get("images", "-")]
+            + [_fmt(r["auroc"])]
             + [_fmt(r.get("tpr_at_5fpr")), _fmt(r.get("auroc_successful"))]
             + [_fmt(r.get("filter_fpr")), _fmt(r.get("filter_tpr"))]
             + [_fmt(r.get("asr_before_filter")), _fmt(r.get("asr_after_filter"))]
@@ -171,12 +180,18 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
         ],
     )
     rep_table = markdown_table(
-        ["attack", "defense", "seed", "images", "CA %", "ASR %"],
-        [[r["attack"], r["defense"], r["seed"], r["images"], r["ca"], r["asr"]] for r in repairs],
+        ["model", "attack", "defense", "seed", "images", "CA %", "ASR %"],
+        [
+            [r["model"], r["attack"], r["defense"], r["seed"], r["images"], r["ca"], r["asr"]]
+            for r in repairs
+        ],
     )
     flag_table = markdown_table(
-        ["attack", "scan", "seed", "most flagged on triggered inputs: rate (clean rate)"],
-        [[r["attack"], r["detector"], r["seed"], _top_flags(r["rates"])] for r in flags],
+        ["model", "attack", "scan", "seed", "most flagged on triggered inputs: rate (clean rate)"],
+        [
+            [r["model"], r["attack"], r["detector"], r["seed"], _top_flags(r["rates"])]
+            for r in flags
+        ],
     )
     checks = verdicts(repairs, detections)
     text = (

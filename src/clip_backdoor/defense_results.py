@@ -11,9 +11,9 @@ import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance
 
-DEFENSE_COLUMNS = ["attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
+DEFENSE_COLUMNS = ["model", "attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
 ASR_BAR, CA_DROP_BAR = 5.0, 2.0  # the issue's bar for RVPT
 
 
@@ -47,6 +47,7 @@ def defense_rows(metrics: dict, config: dict, label_of) -> list[dict]:
                 "pr": point.get("pr", math.nan),
                 "pr_trigger": point.get("pr_all", {}).get("trigger", math.nan),
                 "seed": config.get("seed"),
+                "model": config_model(config),
                 "eval_set": point["data"].split("+")[0],
             }
         )
@@ -60,12 +61,13 @@ def _three(value: float) -> str:
 def verdicts(rows: list[dict]) -> list[str]:
     """RVPT against the issue's bar and against VPT, per attack, seed and evaluation set."""
     lines = []
-    keys = sorted({(r["attack"], r["seed"], r["eval_set"]) for r in rows}, key=str)
-    for attack, seed, eval_set in keys:
+    keys = sorted({(r["model"], r["attack"], r["seed"], r["eval_set"]) for r in rows}, key=str)
+    for model, attack, seed, eval_set in keys:
         mine = {
             r["defense"]: r
             for r in rows
-            if (r["attack"], r["seed"], r["eval_set"]) == (attack, seed, eval_set)
+            if (r["model"], r["attack"], r["seed"], r["eval_set"])
+            == (model, attack, seed, eval_set)
         }
         rvpt, none = mine.get("rvpt"), mine.get("none")
         if rvpt is None or none is None:
@@ -73,7 +75,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         drop = none["ca"] - rvpt["ca"]
         ok = rvpt["asr"] <= ASR_BAR and drop <= CA_DROP_BAR
         line = (
-            f"- {attack}, seed {seed}, {eval_set}: RVPT ASR {rvpt['asr']:.2f} (from "
+            f"- {model}, {attack}, seed {seed}, {eval_set}: RVPT ASR {rvpt['asr']:.2f} (from "
             f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
             f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
         )
@@ -94,23 +96,26 @@ def unique_rows(rows: list[dict]) -> list[dict]:
     recipe (e.g. the cross-dataset one) is the same measurement; the row with PR is kept."""
     kept: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["attack"], row["defense"], row["eval_set"], row["seed"])
+        key = (row["model"], row["attack"], row["defense"], row["eval_set"], row["seed"])
         if key not in kept or (math.isnan(kept[key]["pr"]) and not math.isnan(row["pr"])):
             kept[key] = row
     return list(kept.values())
 
 
 def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
-    rows = sorted(unique_rows(rows), key=lambda r: (r["attack"], str(r["seed"]), r["eval_set"]))
+    rows = sorted(
+        unique_rows(rows), key=lambda r: (r["model"], r["attack"], str(r["seed"]), r["eval_set"])
+    )
     with (out / "defenses.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=DEFENSE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-    headers = ["attack", "defense", "eval set", "seed", "CA %", "ASR %", "asr_all %", "PR"]
+    headers = ["model", "attack", "defense", "eval set", "seed", "CA %", "ASR %", "asr_all %", "PR"]
     headers.append("PR (trigger)")
     body = [
-        [r["attack"], r["defense"], r["eval_set"], r["seed"], r["ca"], r["asr"], r["asr_all"]]
+        [r["model"], r["attack"], r["defense"], r["eval_set"], r["seed"], r["ca"], r["asr"]]
+        + [r["asr_all"]]
         + [_three(r["pr"]), _three(r.get("pr_trigger", math.nan))]
         for r in rows
     ]

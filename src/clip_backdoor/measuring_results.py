@@ -12,17 +12,13 @@ import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance
 
 MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
 MEASURING_COLUMNS += ["seed"]
 ATTRIBUTE_COLUMNS = ["model", "data", "attribute", "classes", "accuracy", "majority", "seed"]
 # Issue 25's bars: the least gain over zero-shot each method must show on a measuring model.
 GAIN_BARS = {"coop": 3.0, "cocoop": 3.0, "linear_probe": 0.0, "vpt": 0.0}
-
-
-def _model(config: dict) -> str:
-    return str(config.get("model", {}).get("name", "?"))
 
 
 def _shots(config: dict, label: str):
@@ -43,7 +39,7 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
         rows.append(
             {
                 "kind": "fewshot",
-                "model": _model(config),
+                "model": config_model(config),
                 "data": point["data"],
                 "classes": point.get("classes", ""),
                 "method": method,
@@ -63,7 +59,7 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
                 rows.append(
                     {
                         "kind": "attribute",
-                        "model": _model(config),
+                        "model": config_model(config),
                         "data": data.split("/")[0],
                         "attribute": probe["attribute"],
                         "classes": probe["classes"],

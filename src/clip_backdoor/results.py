@@ -23,9 +23,10 @@ from clip_backdoor.defense_results import defense_rows, write_defenses
 from clip_backdoor.errors import UserError
 from clip_backdoor.measuring_results import measuring_rows, write_measuring
 from clip_backdoor.runner import ASR_NOTE
-from clip_backdoor.runs import markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance
 
 POISONING_COLUMNS = [
+    "model",
     "trigger",
     "ca_clean",
     "ca_poisoned",
@@ -76,6 +77,7 @@ def poisoning_row(metrics: dict, config: dict) -> dict:
         "ssim": quality.get("ssim", math.nan),
         "poisoned_pairs": attack.get("poisoned_pairs", ""),
         "seed": config.get("seed"),
+        "model": config_model(config),
         "epochs": _attack_epochs(config),
     }
 
@@ -135,15 +137,15 @@ def headline_checks(rows: list[dict]) -> list[str]:
         return f"{row['trigger']}{f' ({epochs} epochs)' if epochs else ''}"
 
     lines = []
-    for seed in sorted({r["seed"] for r in rows}):
-        same = sorted((r for r in rows if r["seed"] == seed), key=name)
+    for model, seed in sorted({(r["model"], r["seed"]) for r in rows}, key=str):
+        same = sorted((r for r in rows if (r["model"], r["seed"]) == (model, seed)), key=name)
         duals = [r for r in same if r["trigger"] == "dual_embedding"]
         others = [r for r in same if family(r["trigger"]) in ("badnet", "blended")]
         for dual in duals:
             for other in others:
                 holds = dual["asr_after_ft"] > other["asr_after_ft"]
                 lines.append(
-                    f"- seed {seed}: ASR after FT, {name(dual)} {dual['asr_after_ft']:.2f}"
+                    f"- {model}, seed {seed}: ASR after FT, {name(dual)} {dual['asr_after_ft']:.2f}"
                     f" vs {name(other)} {other['asr_after_ft']:.2f}: "
                     f"{'holds' if holds else 'does not hold'}"
                 )
@@ -191,9 +193,13 @@ def read_ledger(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        return {record["run"]: record for record in json.loads(path.read_text())}
+        records = {record["run"]: record for record in json.loads(path.read_text())}
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a run ledger ({e}); remove it or pass --fresh") from None
+    for record in records.values():  # ledgers older than the model column hold v1 runs only
+        for row in record["rows"]:
+            row.setdefault("model", "mini-clip")
+    return records
 
 
 def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = False) -> str:
@@ -221,7 +227,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         return write_decomposition(rows, sources, out, ledger_file.name)
     if table == "measuring":
         return write_measuring(rows, sources, out, ledger_file.name)
-    rows.sort(key=lambda r: (str(r["trigger"]), r["seed"]))
+    rows.sort(key=lambda r: (r["model"], str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -230,6 +236,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
                 {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}
             )
     headers = [
+        "model",
         "trigger",
         "seed",
         "poisoned pairs",
@@ -246,6 +253,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
     ]
     body = [
         [
+            r["model"],
             r["trigger"],
             r["seed"],
             r["poisoned_pairs"],

@@ -262,7 +262,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
                 )
                 points[: len(rows)] = rows
                 clean_model = None
-            if spec.evaluate or spec is recipe.stages[-1]:
+            if spec.kind != "analysis" and (spec.evaluate or spec is recipe.stages[-1]):
                 points += _evaluate_point(ctx, label, spec.kind, templates, precision)
         ctx.metrics["points"] = points
         ctx.metrics["evaluation"] = points[-1]

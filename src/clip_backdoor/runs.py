@@ -136,6 +136,12 @@ def _cell(value) -> str:
     return str(value)
 
 
+def config_model(config: dict) -> str:
+    """The model a run measured: the recipe's model name (v1 ``mini-clip``, ``mini-clip-v2``);
+    every results table has it as a column, so rows of two measuring models sit side by side."""
+    return str(config.get("model", {}).get("name", "?"))
+
+
 def provenance(table: str, ledger_name: str, sources: list[str]) -> str:
     """The closing lines of a results/ summary: the command and the runs it was written from."""
     return (
