@@ -9,7 +9,6 @@ Layout ours (METHODS.md 7: He et al. publish none).
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
 from clip_backdoor.defense_results import attack_label
-from clip_backdoor.runs import config_model, markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
 
 DETECTION_COLUMNS = ["model", "attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
 REPAIR_COLUMNS = ["model", "attack", "defense", "ca", "asr", "seed"]
@@ -67,14 +66,6 @@ def decomposition_rows(metrics: dict, config: dict, label_of) -> list[dict]:
             }
         )
     return rows
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -154,8 +145,8 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
             seen.add((*_case(row), row["defense"]))
             repairs.append(row)
     flags = sorted([r for r in rows if r["table"] == "flags"], key=key)
-    _write_csv(out / "detection.csv", DETECTION_COLUMNS, detections)
-    _write_csv(out / "repair.csv", REPAIR_COLUMNS, repairs)
+    write_csv(out / "detection.csv", DETECTION_COLUMNS, detections)
+    write_csv(out / "repair.csv", REPAIR_COLUMNS, repairs)
     figures = []
     for row in flags:
         name = f"decomposition_{row['attack']}_{row['detector']}_seed{row['seed']}.png"

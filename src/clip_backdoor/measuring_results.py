@@ -8,11 +8,10 @@ each with the model it was measured on, so v1 and v2 rows sit side by side.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table, provenance
+from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
 
 MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
 MEASURING_COLUMNS += ["seed"]
@@ -71,14 +70,6 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
     return rows
 
 
-def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-
-
 def _bar(row: dict) -> str:
     bar = GAIN_BARS.get(row["method"])
     if bar is None or math.isnan(row["gain"]):
@@ -93,8 +84,8 @@ def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name
     points.sort(key=lambda r: (r["data"], r["method"] != "zeroshot", r["method"], r["model"]))
     probes = [r for r in rows if r["kind"] == "attribute"]
     probes.sort(key=lambda r: (r["data"], r["attribute"], r["model"]))
-    _csv(out / "measuring.csv", MEASURING_COLUMNS, points)
-    _csv(out / "attribute_probe.csv", ATTRIBUTE_COLUMNS, probes)
+    write_csv(out / "measuring.csv", MEASURING_COLUMNS, points)
+    write_csv(out / "attribute_probe.csv", ATTRIBUTE_COLUMNS, probes)
     text = "# Measuring models: can few-shot methods be judged on them?\n\n"
     heldout = [r for r in points if r["method"] == "zeroshot" and r["templates"] > 1]
     if heldout:

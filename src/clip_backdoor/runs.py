@@ -136,6 +136,15 @@ def _cell(value) -> str:
     return str(value)
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """A results CSV: the given columns of each row, floats with four decimals."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
 def config_model(config: dict) -> str:
     """The model a run measured: the recipe's model name (v1 ``mini-clip``, ``mini-clip-v2``);
     every results table has it as a column, so rows of two measuring models sit side by side."""
