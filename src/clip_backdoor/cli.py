@@ -95,10 +95,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from clip_backdoor.methods import register_methods
     from clip_backdoor.models import MINI_CONFIGS
+    from clip_backdoor.models.loading import PRETRAINED_MINIS
     from clip_backdoor.registry import REGISTRIES
 
     register_methods()
     print(f"mini models: {', '.join(MINI_CONFIGS)}")
+    print(f"pretrained measuring models: {', '.join(PRETRAINED_MINIS)} (models/)")
     for kind, registry in REGISTRIES.items():
         print(f"{kind}s: {', '.join(registry.names()) or '(none yet)'}")
     return 0
@@ -122,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument(
         "table",
-        choices=["poisoning", "bai", "defenses", "ablation", "decomposition"],
+        choices=["poisoning", "bai", "defenses", "ablation", "decomposition", "measuring"],
         help="which summary table to write (ablation: one file set per ablation recipe; "
-        "decomposition: decomposition.md, detection.csv and repair.csv)",
+        "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
+        "measuring.md/.csv and attribute_probe.csv, what a measuring model shows)",
     )
     res.add_argument(
         "runs",
