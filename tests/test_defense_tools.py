@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from clip_backdoor.analysis.resistivity import MAIN, PERTURBATIONS, noise_patch
 from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import parse_recipe
+from clip_backdoor.recipes import load_recipe, parse_recipe
 from clip_backdoor.runner import run_recipe
 
 
@@ -118,6 +119,28 @@ def test_a_stage_included_from_another_recipe(tmp_path):
             {"name": "x", "stages": [{"from": str(source), "stage": "linear_probe"}]}
         )
         assert recipe.stages[0].params == {"epochs": 3}
+
+
+def test_a_whole_recipe_included_with_another_model(tmp_path, monkeypatch):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "name: base\nseed: 3\nmodel: {name: mini-tiny}\nevaluation: {templates: photo}\n"
+        "stages:\n  - {kind: defense, method: linear_probe, label: lp, params: {epochs: 3}}\n"
+    )
+    again = tmp_path / "again.yaml"
+    again.write_text(f"from: {base}\nname: again\nmodel: {{name: mini}}\n")
+    recipe = parse_recipe(
+        {"from": str(again), "name": "v2", "seed": 4}, "v2.yaml"
+    )  # includes of includes resolve, the later keys win
+    assert (recipe.name, recipe.seed, recipe.model.name) == ("v2", 4, "mini")
+    assert recipe.evaluation.templates == "photo" and recipe.stages[0].params == {"epochs": 3}
+    base.write_text(f"from: {again}\nname: base\n")
+    with pytest.raises(ConfigError, match="included from each other in a loop"):
+        parse_recipe({"from": str(again), "name": "x"})
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # includes name paths from the root
+    for path in sorted(Path("recipes/v2").glob("*.yaml")):  # the committed v2 recipes parse
+        recipe = load_recipe(path)
+        assert recipe.model.name == "mini-clip-v2" and recipe.name == f"v2_{path.stem}"
 
 
 def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):

@@ -146,6 +146,7 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     from clip_backdoor.methods import register_methods
 
     register_methods()
+    data = included_recipe(data, source)
     single: tuple[str, ...] = ()
     if isinstance(data, dict) and isinstance(data.get("data"), dict):
         data, single = {**data, "data": [data["data"]]}, ("data",)  # one set: a list of one
@@ -167,6 +168,18 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
             f"'{recipe.evaluation.trigger.name}' (known: {known})"
         )
     return recipe
+
+
+def included_recipe(data, source: str, depth: int = 0):
+    """``from: RECIPE`` at the top level: that recipe with the keys given here replacing its
+    own (e.g. the same experiment on another measuring model: ``model: {name: mini-clip-v2}``
+    and a new ``name``), so an experiment is written once for every model it runs on."""
+    if not isinstance(data, dict) or "from" not in data:
+        return data
+    if depth > 8:
+        raise ConfigError(f"{source}: recipes included from each other in a loop")
+    base = included_recipe(read_yaml(data["from"]), str(data["from"]), depth + 1)
+    return {**base, **{k: v for k, v in data.items() if k != "from"}}
 
 
 def included_stage(stage, source: str, depth: int = 0):
