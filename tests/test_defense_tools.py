@@ -103,6 +103,11 @@ def test_a_stage_included_from_another_recipe(tmp_path):
     )
     (stage,) = recipe.stages
     assert (stage.method, stage.params, stage.evaluate) == ("linear_probe", {"epochs": 3}, False)
+    params = {"epochs": 5, "lr": 0.1}  # params given replace the included ones key by key
+    recipe = parse_recipe(
+        {"name": "x", "stages": [{"from": str(other), "stage": "lp", "params": params}]}
+    )
+    assert recipe.stages[0].params == {"epochs": 5, "lr": 0.1}
     with pytest.raises(ConfigError, match="has no stage labelled 'nope'"):
         parse_recipe({"name": "x", "stages": [{"from": str(other), "stage": "nope"}]})
 

@@ -212,3 +212,35 @@ def test_summary_verdicts_and_liang_headline():
     assert len(checks) == 2
     assert checks[0].endswith("vs badnet 70.00: does not hold")
     assert checks[1].endswith("vs blended 10.00: holds")
+
+
+def test_poisoned_pairs_of_web_captioned_data(tiny):
+    """mini-CLIP v2's attacker fine-tunes on web-like captions: poisoned pairs take the target
+    caption, WaNet's noise pairs and clean-label pairs keep a caption built from their view."""
+    from clip_backdoor.attacks.poisoning import PoisonAttack, PoisonedPairs, build_trigger
+    from clip_backdoor.engine.pairs import ImageTextPairs, PairSource, text_group
+
+    web = {"name_rate": 0.5, "subject_rate": 0.7}
+    data = ImageTextPairs([PairSource("synthetic", size=120, web=web)], tiny.tokenizer, 32)
+    cases = [("badnet", {"size": 6}, "red circle"), ("wanet", {}, "red circle")]
+    cases.append(("label_consistent", {"size": 6, "steps": 1}, "red circle"))
+    for name, params, target in cases:
+        trigger = build_trigger(name, params, 32, 0)
+        attack = PoisonAttack(
+            trigger={"name": name, "params": params},
+            target=target,
+            count=6,
+            training={"steps": 1},
+            caption_templates="simple",
+        )
+        plan = attack.plan(tiny.model, tiny.tokenizer, data, trigger, 0, lambda m: None)
+        pairs = PoisonedPairs(data, plan, trigger)
+        for index in plan.indices + plan.noise:
+            image, tokens, group = pairs[index]
+            assert image.shape == (3, 32, 32) and tokens.shape == (32,)
+            if name != "label_consistent" and index in plan.indices:
+                assert target in plan.captions[index][0]
+            else:  # its own web caption, grouped by its text
+                assert group >= 1 << 61 and group != -1
+        assert name != "wanet" or plan.noise  # WaNet's cross pairs were drawn
+    assert text_group("x") >= 1 << 61

@@ -184,9 +184,9 @@ def included_recipe(data, source: str, depth: int = 0):
 
 def included_stage(stage, source: str, depth: int = 0):
     """``{from: RECIPE, stage: LABEL}`` is that recipe's stage of that label (or method), with
-    any other keys given overriding its own: recipes share an attack without copying it, and
-    share its cached artifact too, since the parameters are the same. The other recipe's stage
-    may itself be included from a third one."""
+    any other keys given overriding its own (``params`` key by key): recipes share an attack
+    without copying it, and share its cached artifact too, since the parameters are the same.
+    The other recipe's stage may itself be included from a third one."""
     if not isinstance(stage, dict) or "from" not in stage:
         return stage
     if depth > 8:
@@ -198,6 +198,8 @@ def included_stage(stage, source: str, depth: int = 0):
         for other in others:
             if other.get(field) == wanted:
                 rest = {k: v for k, v in stage.items() if k not in ("from", "stage")}
+                if isinstance(rest.get("params"), dict):  # params given replace one by one
+                    rest["params"] = {**other.get("params", {}), **rest["params"]}
                 return {**other, **rest}
     raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")
 

@@ -73,14 +73,16 @@ class PoisonedPairs(Dataset):
         base = self.base
         generator = torch.Generator().manual_seed(base.item_seed(index))
         image = base.augmented(index, self.plan.images.get(index))[None]
+        captions = self.plan.captions.get(index) if index in self.poisoned else None
         if index in self.poisoned:
             image = self.trigger.apply(image, generator)
-            caption = base.pick_caption(index, self.plan.captions[index])
-            group = self.plan.groups[index]
         else:
             image = self.trigger.apply_noise(image, generator)
-            entry = base.entries[index]
-            caption, group = base.pick_caption(index, entry.captions), entry.group
+        if captions:  # the attacker's caption
+            caption, group = base.pick_caption(index, captions), self.plan.groups[index]
+        else:  # its own caption (noise pairs; clean-label pairs of web captions: of the view)
+            caption = base.caption(index, image[0])
+            group = base.group(index, caption)
         return image[0], base.tokenizer([caption])[0], group
 
 
@@ -154,7 +156,7 @@ class PoisonAttack:
         return PoisonPlan(indices, captions, groups, noise, {}, parts)
 
     def _captions(self, data, indices, target, templates, trigger, clean_label):
-        if clean_label:  # LC keeps the true captions
+        if clean_label:  # LC keeps the true captions (none stored for web captions: built later)
             return {i: data.entries[i].captions for i in indices}, {
                 i: data.entries[i].group for i in indices
             }

@@ -231,7 +231,9 @@ class ImageTextPairs(Dataset):
         extra = {"size": source.size} if source.size else {}
         self.synthetic = SyntheticShapes(source.split, image_size=image_size, seed=seed, **extra)
         samples = [(i, label) for i, label in enumerate(self.synthetic.targets)]
-        self._add_labelled(samples, self.synthetic.classnames, source.templates, source.shots)
+        self._add_labelled(
+            samples, self.synthetic.classnames, source.templates, source.shots, source.web
+        )
 
     def _add_captions(self, captions: CaptionSet) -> None:
         by_image: dict[str, list[str]] = {}
