@@ -204,3 +204,25 @@ def test_measuring_rows_give_each_method_its_gain_over_zero_shot():
     assert rows["coop"]["gain"] == pytest.approx(6.0) and rows["coop"]["shots"] == 8
     assert _bar(rows["coop"]).startswith("meets") and _bar(rows["vpt"]).startswith("misses")
     assert rows["zeroshot"]["model"] == "mini-clip-v2"
+
+
+def test_the_attribute_probe_runs_as_a_recipe_stage(tmp_path):
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    recipe = parse_recipe(
+        {
+            "name": "probe",
+            "runs_root": str(tmp_path),
+            "model": {"name": "mini-tiny"},
+            "data": {"name": "synthetic", "split": "test", "size": 120},
+            "evaluation": {"templates": "simple"},
+            "stages": [{"kind": "analysis", "method": "attribute_probe", "label": "attrs"}],
+        }
+    )
+    result = run_recipe(recipe, progress=False)
+    rows = result.metrics["analysis.attrs"]["sets"]["synthetic/test"]
+    assert {r["attribute"] for r in rows} == set(ATTRIBUTES)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert [p["point"] for p in result.metrics["points"]] == ["clean"]  # no evaluation after it
+    assert (result.path / "tables" / "attribute_probe_attrs.csv").is_file()
