@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from clip_backdoor.engine.pairs import ImageTextPairs, PairSource, text_group
 from clip_backdoor.evaluation.zeroshot import TEMPLATE_SETS
 from clip_backdoor.models import load_clip, save_clip
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
-from tests.conftest import write_image_folder
+from tests.conftest import SHARED_DATASETS, write_image_folder
 
 WEB = {"name_rate": 0.4, "subject_rate": 0.7}
 
@@ -226,3 +227,26 @@ def test_the_attribute_probe_runs_as_a_recipe_stage(tmp_path):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert [p["point"] for p in result.metrics["points"]] == ["clean"]  # no evaluation after it
     assert (result.path / "tables" / "attribute_probe_attrs.csv").is_file()
+
+
+@pytest.mark.skipif(not (SHARED_DATASETS / "caltech101").is_dir(), reason="needs ../shared")
+def test_the_committed_v2_pool_is_in_no_pretraining_pair_of_its_recipe(monkeypatch):
+    from clip_backdoor.data.fewshot_pool import FewShotPool
+    from clip_backdoor.engine.config import load_pretrain_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    pool = FewShotPool.load(root / "models" / "mini-clip-v2")
+    recipe = load_pretrain_recipe("recipes/mini_clip_v2_pretrain.yaml")
+    assert pool == FewShotPool.build(
+        [SHARED_DATASETS / name for name in recipe.fewshot_pool.sets], 16, 0
+    )  # the shipped pool is the recipe's
+    sources = [PairSource.of(s) for s in recipe.data]
+    pairs = ImageTextPairs(sources, None, 64, pool=pool)
+    used = {Path(str(e.ref)).resolve() for e in pairs.entries}
+    for name in recipe.fewshot_pool.sets:
+        data = SHARED_DATASETS / name
+        held = {(data / p).resolve() for p in pool.train[name]}
+        assert len(held) == 16 * len(json.loads((data / "classnames.json").read_text()))
+        assert used.isdisjoint(held)
+        assert used.isdisjoint(p.resolve() for p in (data / "val").rglob("*.jpg"))
