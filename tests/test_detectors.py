@@ -162,7 +162,7 @@ def test_detectors_and_decomp_rep_on_a_tiny_poisoned_model(tmp_path):
     assert repair[0] == "model,attack,defense,ca,asr,seed"
     assert [line.split(",")[2] for line in repair[1:]] == ["none", "rep", "rep_stream"]
     assert "| badnet | decomp_det | 0 |" in text and (out / "decomposition.md").is_file()
-    assert (out / "decomposition_badnet_decomp_det_seed0.png").is_file()
+    assert (out / "mini-tiny_decomposition_badnet_decomp_det_seed0.png").is_file()  # v1 unprefixed
 
 
 def test_bad_detection_input_is_one_line_and_leaves_nothing(tmp_path):

@@ -199,9 +199,19 @@ def test_pretrained_mini_is_looked_up_in_order(tmp_path, monkeypatch):
     places = loading.pretrained_mini_locations()
     assert places[0] == tmp_path / "models" / "mini-clip"
     assert places[-1] == tmp_path / "cache" / "models" / "mini-clip"
-    monkeypatch.setattr(loading, "pretrained_mini_locations", lambda: [places[0], places[-1]])
+    assert (
+        loading.pretrained_mini_locations("mini-clip-v2")[0] == tmp_path / "models" / "mini-clip-v2"
+    )
+    real = loading.pretrained_mini_locations
+    monkeypatch.setattr(
+        loading,
+        "pretrained_mini_locations",
+        lambda name="mini-clip": [real(name)[0], real(name)[-1]],
+    )
     with pytest.raises(ModelLoadError, match="pretrain recipes/mini_clip_pretrain.yaml"):
         load_clip("mini-clip")
+    with pytest.raises(ModelLoadError, match="pretrain recipes/mini_clip_v2_pretrain.yaml"):
+        load_clip("mini-clip-v2")
     model = load_clip("mini-tiny").model
     save_clip(model, places[-1])
     assert_same_weights(load_clip("mini-clip").model.clip, model.clip)
