@@ -33,6 +33,8 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
     zeroshot = {p["data"]: p["ca"] for p in points if p["kind"] == "clean"}
     rows = []
     for point in points:
+        if point["kind"] == "analysis":  # the model unchanged (runs before analyses had no point)
+            continue
         method = "zeroshot" if point["kind"] == "clean" else point["point"]
         base = zeroshot.get(point["data"])
         rows.append(
