@@ -17,6 +17,8 @@ demo: $(STAMP)
 		$(BIN)/clip-backdoor pretrain recipes/demo_pretrain.yaml
 	$(BIN)/clip-backdoor run recipes/demo.yaml
 	$(BIN)/clip-backdoor run recipes/demo_detect.yaml
+	$(BIN)/clip-backdoor run recipes/demo_scan_clean.yaml
+	$(BIN)/clip-backdoor run recipes/demo_scan.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -72,12 +72,21 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
     return rows
 
 
+def bar_method(label: str) -> str | None:
+    """The method whose bar a point is held to: its label, or the label's prefix before a
+    variant's suffix (``cocoop_lr6`` is CoCoOp with another lr)."""
+    if label in GAIN_BARS:
+        return label
+    return next((m for m in GAIN_BARS if label.startswith(m + "_")), None)
+
+
 def _bar(row: dict) -> str:
-    bar = GAIN_BARS.get(row["method"])
-    if bar is None or math.isnan(row["gain"]):
+    method = bar_method(row["method"])
+    if method is None or math.isnan(row["gain"]):
         return "-"
-    passed = row["gain"] >= bar if row["method"] != "linear_probe" else row["gain"] > bar
-    sign = ">" if row["method"] == "linear_probe" else ">="
+    bar = GAIN_BARS[method]
+    passed = row["gain"] >= bar if method != "linear_probe" else row["gain"] > bar
+    sign = ">" if method == "linear_probe" else ">="
     return f"{'meets' if passed else 'misses'} ({sign} {bar:+.0f})"
 
 

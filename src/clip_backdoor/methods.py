@@ -7,4 +7,5 @@ def register_methods() -> None:
     import clip_backdoor.defenses  # noqa: F401
     import clip_backdoor.detectors  # noqa: F401
     import clip_backdoor.prompts  # noqa: F401
+    import clip_backdoor.scanning  # noqa: F401
     import clip_backdoor.triggers  # noqa: F401

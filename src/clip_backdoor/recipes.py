@@ -84,7 +84,7 @@ class EvaluationSpec(Strict):
 
 
 class StageSpec(Strict):
-    kind: Literal["attack", "defense", "detection", "prompt", "analysis"]
+    kind: Literal["attack", "defense", "detection", "prompt", "analysis", "scan"]
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
@@ -121,7 +121,9 @@ STAGE_REGISTRY = {
     "detection": "detector",
     "prompt": "prompt_learner",
     "analysis": "analysis",
+    "scan": "scanner",
 }
+SCAN_ALL = "all"  # a scan stage's method: every scanner that applies
 
 
 def describe_validation_error(
@@ -155,7 +157,7 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     recipe = validate(Recipe, data, source, single)
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
-        if stage.method not in registry:
+        if stage.method not in registry and not (stage.kind == "scan" and stage.method == SCAN_ALL):
             known = ", ".join(registry.names()) or "none registered yet"
             raise ConfigError(
                 f"{source}: stages.{index}.method: unknown {stage.kind} '{stage.method}' "

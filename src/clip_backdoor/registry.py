@@ -51,6 +51,7 @@ DEFENSES: Registry = Registry("defense")
 DETECTORS: Registry = Registry("detector")
 PROMPT_LEARNERS: Registry = Registry("prompt learner")
 ANALYSES: Registry = Registry("analysis")
+SCANNERS: Registry = Registry("scanner")
 
 REGISTRIES: dict[str, Registry] = {
     "trigger": TRIGGERS,
@@ -59,4 +60,5 @@ REGISTRIES: dict[str, Registry] = {
     "detector": DETECTORS,
     "prompt_learner": PROMPT_LEARNERS,
     "analysis": ANALYSES,
+    "scanner": SCANNERS,
 }

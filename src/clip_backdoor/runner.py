@@ -262,7 +262,8 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
                 )
                 points[: len(rows)] = rows
                 clean_model = None
-            if spec.kind != "analysis" and (spec.evaluate or spec is recipe.stages[-1]):
+            unchanged = spec.kind in ("analysis", "scan")  # they leave the model as it was
+            if not unchanged and (spec.evaluate or spec is recipe.stages[-1]):
                 points += _evaluate_point(ctx, label, spec.kind, templates, precision)
         ctx.metrics["points"] = points
         ctx.metrics["evaluation"] = points[-1]
@@ -294,6 +295,10 @@ def build_stage(spec):
         from clip_backdoor.prompts.stage import PromptStage
 
         return PromptStage(spec.method, **spec.params)
+    if spec.kind == "scan":
+        from clip_backdoor.scanning.stage import ScanStage
+
+        return ScanStage(spec.method, **spec.params)
     return REGISTRIES[STAGE_REGISTRY[spec.kind]].get(spec.method)(**spec.params)
 
 

@@ -58,13 +58,13 @@ def versions() -> dict:
     }
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -109,25 +109,33 @@ class RunDir:
         (self.path / "config.yaml").write_text(text)
 
     def write_metrics(self, metrics: dict) -> None:
-        text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
+        text = json.dumps(json_safe(metrics), indent=2, allow_nan=False)
         (self.path / "metrics.json").write_text(text + "\n")
 
     def write_table(
         self, name: str, headers: Sequence[str], rows: Sequence[Sequence], note: str = ""
     ) -> str:
         """Writes tables/<name>.md (with the note under it) and .csv; returns the markdown."""
-        markdown = markdown_table(headers, rows) + (f"\n\n{note}" if note else "")
-        (self.path / "tables" / f"{name}.md").write_text(markdown + "\n")
-        with (self.path / "tables" / f"{name}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(headers)
-            writer.writerows(rows)
-        return markdown
+        return write_table(self.path / "tables", name, headers, rows, note)
 
     def close(self) -> None:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+
+def write_table(
+    folder: Path, name: str, headers: Sequence[str], rows: Sequence[Sequence], note: str = ""
+) -> str:
+    """``folder``/<name>.md (with the note under it) and .csv; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = markdown_table(headers, rows) + (f"\n\n{note}" if note else "")
+    (folder / f"{name}.md").write_text(markdown + "\n")
+    with (folder / f"{name}.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    return markdown
 
 
 def _cell(value) -> str:

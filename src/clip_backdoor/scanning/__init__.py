@@ -1,0 +1,7 @@
+"""Model scans: is a CLIP checkpoint or a prompt learner backdoored, with no trigger known?
+
+Scanners register in ``SCANNERS`` (one file each, ``base.Scanner``'s protocol); ``scan.scan``
+runs them and combines their verdicts; ``report`` writes what a user reads.
+"""
+
+from clip_backdoor.scanning import decree, prompt_inspector, target_search  # noqa: F401

@@ -1,0 +1,111 @@
+"""``clip-backdoor scan``: a verdict on one model or prompt learner, as a CI gate can use it."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import yaml
+
+from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.runner import seed_everything
+from clip_backdoor.runs import RunDir
+from clip_backdoor.scanning.base import VERDICTS
+from clip_backdoor.scanning.report import write_report
+from clip_backdoor.scanning.scan import ALL, ScanReport, build_scanners, scan
+from clip_backdoor.scanning.subject import load_subject, scan_images
+
+# exit codes of `clip-backdoor scan`
+EXIT_PASSED, EXIT_FAILED_GATE, EXIT_BAD_INPUT = 0, 1, 2
+FAILING = {"backdoored": {"backdoored"}, "inconclusive": {"backdoored", "inconclusive"}}
+
+
+@dataclass
+class ScanRequest:
+    model: str
+    data: str
+    pretrained: str | None = None
+    arch: str | None = None
+    split: str = "train"
+    images: int = 256
+    size: int | None = None  # synthetic set only
+    scanners: str | list[str] = ALL
+    params: dict = field(default_factory=dict)
+    reference: str | None = None
+    reference_pretrained: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    runs_root: str = "runs"
+    fail_on: str | None = None
+
+
+def parse_params(items: list[str]) -> dict:
+    """``scanner.key=value`` (value read as YAML) into {scanner: {key: value}}."""
+    params: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        scanner, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"--param {item!r}: write SCANNER.KEY=VALUE (e.g. decree.steps=300)")
+        params.setdefault(scanner, {})[key] = yaml.safe_load(value)
+    return params
+
+
+def check_fail_on(fail_on: str | None) -> None:
+    if fail_on is not None and fail_on not in FAILING:
+        raise ConfigError(
+            f"--fail-on {fail_on!r} is not a failing verdict (choose: {', '.join(FAILING)}; "
+            f"verdicts are {', '.join(VERDICTS)})"
+        )
+
+
+def run_scan(request: ScanRequest, progress: bool = False) -> tuple[ScanReport, RunDir, str]:
+    """Every input is checked before the run folder is made; a bad one found later removes it."""
+    check_fail_on(request.fail_on)
+    scanners = build_scanners(request.scanners, request.params)
+    seed_everything(request.seed)
+    subject = load_subject(request.model, request.pretrained, request.arch, request.device)
+    reference = None
+    if request.reference is not None:
+        reference = load_subject(
+            request.reference, request.reference_pretrained, device=request.device
+        )
+    model = subject.model
+    images = scan_images(
+        request.data,
+        request.split,
+        request.images,
+        model.image_size,
+        model.pixel_transform(),
+        request.seed,
+        request.size,
+        progress,
+    )
+    run = RunDir.create(request.runs_root, "scan")
+    try:
+        run.write_config({"command": "scan", **request.__dict__})
+        run.log(f"scanning {subject.name} on {len(images)} images of {images.source}")
+        report = scan(
+            subject,
+            images,
+            scanners,
+            request.seed,
+            reference,
+            progress,
+            run.log,
+            skip_inapplicable=request.scanners == ALL,
+        )
+        context = {"data": images.source, "images": len(images), "seed": request.seed}
+        table = write_report(report, run, run.path, context)
+        run.log(f"verdict {report.verdict} (target {report.target})")
+    except UserError:
+        run.close()
+        shutil.rmtree(run.path)
+        raise
+    finally:
+        run.close()
+    return report, run, table
+
+
+def exit_code(report: ScanReport, fail_on: str | None) -> int:
+    return EXIT_FAILED_GATE if fail_on and report.verdict in FAILING[fail_on] else EXIT_PASSED

@@ -1,0 +1,127 @@
+"""Is a prompt learner backdoored? CLIP-Inspector's idea (arXiv 2604.09101) for Bai et al.'s
+threat model, where the CLIP is clean and the learner was trained with an invisible additive
+trigger (BadCLIP: L-inf 4/255).
+
+Per class c, one universal additive perturbation delta (||delta||_inf <= eps) is optimised on
+clean images of the other classes to send them to c through the learner (signed-gradient
+ascent on log p(c), projected to the budget). A backdoored learner has one class that such a
+tiny budget reaches for most images, far above the other classes and far above the same search
+through the plain zero-shot classifier of the same CLIP (a CLIP that is itself easy to fool
+towards c is not the learner's fault). Score: the reach of the most reached class through the
+learner minus the larger of (its reach through the zero-shot head, the learner's median class
+reach), in share of images; flagged above 0.3.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm import tqdm
+
+from clip_backdoor import precision as precision_mod
+from clip_backdoor.registry import SCANNERS
+from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
+from clip_backdoor.scanning.classes import ClassHead
+from clip_backdoor.scanning.classwise import ClasswiseSpec, classwise_search
+
+
+class PromptInspectorSpec(ScannerSpec, ClasswiseSpec):
+    eps: float = Field(2 / 255, gt=0, le=1, description="L-inf budget of the perturbation")
+    steps: int = Field(60, ge=1, description="ascent steps per fully searched class")
+    step_size: float | None = Field(None, gt=0, description="per-step change (default eps / 4)")
+    batch_size: int = Field(16, ge=2)
+    eval_images: int = Field(128, ge=8, description="images the final reach is measured on")
+    templates: str = Field("simple", description="prompts of the plain zero-shot head")
+
+
+@SCANNERS.register("prompt_inspector")
+class PromptInspector(Scanner):
+    name = "prompt_inspector"
+    spec_type = PromptInspectorSpec
+    default_threshold = 0.3
+    suspect_below = False
+    needs_learner = True
+
+    def reference_threshold(self, reference_score: float) -> float:
+        """A clean reference learner's own score, plus the default margin."""
+        return max(reference_score, 0.0) + self.default_threshold
+
+    def search(self, subject: ScanSubject, images: ScanImages, seed: int, progress: bool):
+        spec, model = self.spec, subject.model
+        device = next(model.parameters()).device
+        precision = precision_mod.resolve(spec.precision, device)
+        model.eval().requires_grad_(False)
+        classnames = subject.learner_classes or images.classnames
+        learner = ClassHead(subject, classnames, spec.templates, True, precision)
+        plain = ClassHead(subject, classnames, spec.templates, False, precision)
+        size = images.pixels.shape[-1]
+        step = spec.step_size or spec.eps / 4
+        own = {n: i for i, n in enumerate(images.classnames)}
+        generator = torch.Generator().manual_seed(seed)
+        held = torch.randperm(len(images), generator=generator)[: spec.eval_images]
+
+        def others(target: int) -> int | None:
+            return own.get(classnames[target])  # the set's label of that class, if it has it
+
+        def ascend(head: ClassHead, target: int, steps: int) -> torch.Tensor:
+            delta = torch.zeros((1, 3, size, size), device=device, requires_grad=True)
+            exclude = others(target)
+            for _ in range(steps):
+                batch = images.batch(images.draw(generator, spec.batch_size, exclude), device)
+                with precision_mod.autocast(precision, device):
+                    logits = head.logits((batch + delta).clamp(0, 1)).float()
+                labels = torch.full((len(batch),), target, device=device)
+                loss = F.cross_entropy(logits, labels)
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta -= step * grad.sign()
+                    delta.clamp_(-spec.eps, spec.eps)
+            return delta.detach()
+
+        @torch.no_grad()
+        def reach(head: ClassHead, target: int, delta: torch.Tensor) -> float:
+            exclude = others(target)
+            index = held if exclude is None else held[images.labels[held] != exclude]
+            hits = 0
+            for start in range(0, len(index), 64):
+                batch = images.batch(index[start : start + 64], device)
+                with precision_mod.autocast(precision, device):
+                    logits = head.logits((batch + delta).clamp(0, 1))
+                hits += int((logits.argmax(dim=1) == target).sum())
+            return hits / max(len(index), 1)
+
+        deltas: dict[int, torch.Tensor] = {}
+        plain_reach: dict[int, float] = {}
+
+        def prescreen(target: int) -> float:
+            bar.update(1)
+            return reach(learner, target, ascend(learner, target, spec.prescreen_steps))
+
+        def refine(target: int) -> float:
+            deltas[target] = ascend(learner, target, spec.steps)
+            plain_reach[target] = reach(plain, target, ascend(plain, target, spec.steps))
+            return reach(learner, target, deltas[target])
+
+        classes = list(range(len(classnames)))
+        bar = tqdm(total=len(classes), desc="prompt_inspector", disable=not progress, leave=False)
+        result = classwise_search(classes, prescreen, refine, spec, generator)
+        bar.close()
+        refined = result["refined"]
+        target = max(refined, key=refined.get)
+        typical = float(torch.tensor(list(refined.values())).median())
+        score = refined[target] - max(plain_reach[target], typical)
+        evidence = {
+            "reach": {classnames[c]: round(v, 4) for c, v in refined.items()},
+            "plain_reach": {classnames[c]: round(v, 4) for c, v in plain_reach.items()},
+            "median_reach": typical,
+            "eps": spec.eps,
+            "candidates": [classnames[c] for c in result["candidates"]],
+        }
+        delta = deltas[target][0].cpu()
+        example = images.batch(torch.tensor([0]), "cpu")[0]
+        pictures = {
+            "perturbation": (delta / (2 * spec.eps) + 0.5).clamp(0, 1),  # 0 shown as grey
+            "stamped": (example + delta).clamp(0, 1),
+        }
+        return score, classnames[target], evidence, pictures

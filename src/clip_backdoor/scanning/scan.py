@@ -1,0 +1,156 @@
+"""One scan: every applicable scanner on the subject (and on a clean reference when given),
+combined into one verdict.
+
+Combination: each scanner's margin past its threshold, in units of the threshold (positive:
+on the suspicious side). The combined score is the largest margin and is held against 0 with
+the same band: ``backdoored`` if any scanner is past its threshold by more than the band,
+``clean`` if every scanner is inside it by more than the band, ``inconclusive`` otherwise.
+The suspected target comes from the scanners that flag, class-wise searches first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from clip_backdoor.artifacts import cache_key, cache_root
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.evaluation.features import model_fingerprint
+from clip_backdoor.recipes import SCAN_ALL
+from clip_backdoor.registry import SCANNERS
+from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject
+from clip_backdoor.scanning.subject import check_reference
+
+ALL = SCAN_ALL
+TARGET_PRIORITY = ("target_search", "prompt_inspector", "decree")
+
+
+@dataclass
+class ScanReport:
+    subject: str
+    verdict: str
+    score: float
+    threshold: float
+    target: str | None
+    findings: list[Finding]
+    reference: str | None = None
+    evidence: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "model": self.subject,
+            "verdict": self.verdict,
+            "score": self.score,
+            "threshold": self.threshold,
+            "target": self.target,
+            "reference": self.reference,
+            "evidence": self.evidence,
+            "scanners": [f.summary() for f in self.findings],
+            "seconds": sum(f.seconds for f in self.findings),
+        }
+
+
+def build_scanners(names: str | list[str], params: dict | None = None) -> list[Scanner]:
+    """Scanners by name (``all``: every registered one), each with its own params."""
+    import clip_backdoor.scanning  # noqa: F401  (fills the registry)
+
+    params = params or {}
+    chosen = SCANNERS.names() if names == ALL else [names] if isinstance(names, str) else names
+    unknown = [k for k in params if k not in chosen]
+    if unknown:
+        raise ConfigError(f"params for scanner '{unknown[0]}', which this scan does not run")
+    return [SCANNERS.get(name)(**params.get(name, {})) for name in chosen]
+
+
+def margin(finding: Finding) -> float:
+    """How far past its threshold a score is, in units of the threshold (+: suspicious)."""
+    scale = abs(finding.threshold) or 1.0
+    past = (
+        finding.threshold - finding.score
+        if finding.suspect_below
+        else (finding.score - finding.threshold)
+    )
+    return past / scale
+
+
+def combine(findings: list[Finding], band: float) -> tuple[str, float, str | None, dict]:
+    margins = {f.scanner: margin(f) for f in findings}
+    score = max(margins.values())
+    verdict = "backdoored" if score > band else "clean" if score < -band else "inconclusive"
+    flagged = [f for f in findings if f.verdict == "backdoored"]
+    ranked = sorted(flagged or findings, key=lambda f: TARGET_PRIORITY.index(f.scanner))
+    target = next((f.target for f in ranked if f.target), None)
+    named_by = [f.scanner for f in findings if f.target == target] if target else []
+    evidence = {"margins": margins, "most_suspect_class": target, "named_by": named_by}
+    return verdict, score, None if verdict == "clean" else target, evidence
+
+
+def reference_score_cached(
+    scanner: Scanner, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
+) -> float:
+    """The reference's score under this scanner, these images and seed, computed once: a zoo
+    scanned against one public base model scans the base once."""
+    fingerprint = model_fingerprint(reference.model)
+    if reference.learner is not None:
+        state = reference.learner.state_dict().values()
+        blob = b"".join(t.detach().cpu().numpy().tobytes() for t in state)
+        fingerprint += hashlib.sha1(blob).hexdigest()[:16]
+    pixels = hashlib.sha1(images.pixels.numpy().tobytes()).hexdigest()[:16]
+    key = cache_key(
+        "scan-reference", fingerprint, scanner.name, scanner.spec.model_dump(), pixels, seed
+    )
+    path = cache_root() / "scans" / f"{key}.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["score"])
+    score = scanner.scan(reference, images, seed, progress).score
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"score": score, "scanner": scanner.name}) + "\n")
+    return score
+
+
+def scan(
+    subject: ScanSubject,
+    images: ScanImages,
+    scanners: list[Scanner],
+    seed: int,
+    reference: ScanSubject | None = None,
+    progress: bool = False,
+    log=None,
+    skip_inapplicable: bool = True,
+) -> ScanReport:
+    """Run the scanners that apply to the subject; one that does not (a prompt-learner scanner
+    on a plain model) is skipped under ``all`` and an error when it was asked for by name."""
+    applicable = [s for s in scanners if s.applies(subject) or not skip_inapplicable]
+    if not applicable:
+        raise ConfigError(f"no scanner applies to {subject.name}")
+    for scanner in applicable:
+        scanner.check(subject, images)  # every bad input before any work
+    if reference is not None:
+        check_reference(subject, reference)
+    findings = []
+    for scanner in applicable:
+        reference_score = None
+        if reference is not None and scanner.applies(reference):
+            reference_score = reference_score_cached(scanner, reference, images, seed, progress)
+        finding = scanner.scan(subject, images, seed, progress, reference_score)
+        if log is not None:
+            log(
+                f"scanner {finding.scanner}: score {finding.score:.4g} vs threshold "
+                f"{finding.threshold:.4g} -> {finding.verdict}"
+                + (f" (target {finding.target})" if finding.target else "")
+                + f", {finding.seconds:.1f} s"
+            )
+        findings.append(finding)
+    band = min(s.spec.band for s in applicable)
+    verdict, score, target, evidence = combine(findings, band)
+    return ScanReport(
+        subject.name,
+        verdict,
+        score,
+        0.0,
+        target,
+        findings,
+        reference.name if reference is not None else None,
+        evidence,
+    )

@@ -1,0 +1,123 @@
+"""Neural Cleanse's class-wise trigger inversion (Wang et al., S&P 2019) through CLIP's text
+head: which class can be reached from every other class with a much smaller mask?
+
+For a class c, the smallest mask and pattern that send clean images of the other classes to c
+under the zero-shot classifier (CE to c + lambda·|mask|_1, lambda steered as in Neural Cleanse:
+from 1e-3 by factors of 1.5 with a patience of 5 steps; success = 99% of the batch reaching
+c). A backdoor's target needs only its trigger's few pixels; other classes need a large patch.
+Score: the anomaly index of the smallest mask among the fully searched classes (median
+absolute deviation over them, Neural Cleanse's statistic; 2.0 is its threshold), taken on the
+log of the mask shares: they are positive and spread by factors (measured on the tiny demo
+CLIP: clean classes need 1.5-5% of the image), so the outlier test is one on ratios.
+With many classes, a pre-screen of a few steps per class chooses who is searched fully
+(``classwise.py``), so the cost barely grows with the class count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm import tqdm
+
+from clip_backdoor import precision as precision_mod
+from clip_backdoor.registry import SCANNERS
+from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
+from clip_backdoor.scanning.classes import ClassHead
+from clip_backdoor.scanning.classwise import ClasswiseSpec, anomaly_index, classwise_search
+from clip_backdoor.scanning.inversion import BestMask, CostSchedule, MaskPattern, inverted_images
+
+
+class TargetSearchSpec(ScannerSpec, ClasswiseSpec):
+    steps: int = Field(200, ge=1, description="full-search steps per searched class")
+    lr: float = Field(0.1, gt=0, description="Adam's lr on mask and pattern (Neural Cleanse)")
+    success: float = Field(0.99, gt=0, le=1, description="share of the batch reaching the class")
+    patience: int = Field(5, ge=1)
+    early_stop: int = Field(50, ge=1, description="steps without a smaller successful mask")
+    templates: str = Field("simple", description="zero-shot prompts of the class head")
+
+
+@SCANNERS.register("target_search")
+class TargetSearch(Scanner):
+    name = "target_search"
+    spec_type = TargetSearchSpec
+    default_threshold = 2.0
+    suspect_below = False
+
+    def reference_threshold(self, reference_score: float) -> float:
+        """One unit above the clean base's own index, and at least the default: a base model
+        may have an easy class of its own."""
+        return max(self.default_threshold, reference_score + 1.0)
+
+    def search(self, subject: ScanSubject, images: ScanImages, seed: int, progress: bool):
+        spec, model = self.spec, subject.model
+        device = next(model.parameters()).device
+        precision = precision_mod.resolve(spec.precision, device)
+        model.eval().requires_grad_(False)
+        head = ClassHead(subject, images.classnames, spec.templates, False, precision)
+        generator = torch.Generator().manual_seed(seed)
+        size = images.pixels.shape[-1]
+        area = size * size
+        best_of: dict[int, BestMask] = {}
+
+        def invert(target: int, steps: int) -> tuple[BestMask, float]:
+            """The smallest successful mask for ``target`` and the last batch's success rate."""
+            trigger = MaskPattern(size, generator, device)
+            optimizer = torch.optim.Adam(trigger.parameters(), lr=spec.lr, betas=(0.5, 0.9))
+            cost = CostSchedule(1e-3, 1.5, spec.patience, 1e-7, 2 * spec.patience)
+            best, rate = BestMask(), 0.0
+            labels = torch.full((spec.batch_size,), target, device=device)
+            for _ in range(steps):
+                batch = images.batch(images.draw(generator, spec.batch_size, target), device)
+                with precision_mod.autocast(precision, device):
+                    logits = head.logits(trigger(batch)).float()
+                ce = F.cross_entropy(logits, labels[: len(batch)])
+                loss = ce + cost.value * trigger.l1()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                rate = float((logits.argmax(dim=1) == target).float().mean())
+                success = rate >= spec.success
+                best.offer(trigger, success)
+                cost.update(success)
+                if best.found and best.stale > spec.early_stop:
+                    break
+            return best, rate
+
+        def prescreen(target: int) -> float:
+            best, rate = invert(target, spec.prescreen_steps)
+            # reached with a smaller mask is easier; not reached: how close the batch came
+            return 1.0 + (1.0 - best.l1 / area) if best.found else rate
+
+        def refine(target: int) -> float:
+            best, _ = invert(target, spec.steps)
+            best_of[target] = best
+            return best.l1 / area if best.found else 1.0
+
+        classes = list(range(len(images.classnames)))
+        bar = tqdm(total=len(classes), desc="target_search", disable=not progress, leave=False)
+
+        def screened(c: int) -> float:
+            value = prescreen(c)
+            bar.update(1)
+            return value
+
+        result = classwise_search(classes, screened, refine, spec, generator)
+        bar.close()
+        searched = list(result["refined"])
+        masks = np.array([result["refined"][c] for c in searched])
+        index = anomaly_index(np.log(np.maximum(masks, 1e-6)), low_is_outlier=True)
+        top = int(np.argmax(index))
+        target = searched[top]
+        named = {images.classnames[c]: round(result["refined"][c], 5) for c in searched}
+        evidence = {
+            "mask_share": named,  # the smallest successful mask over the image, per class
+            "candidates": [images.classnames[c] for c in result["candidates"]],
+            "controls": [images.classnames[c] for c in result["controls"]],
+            "prescreened": len(classes),
+            "target_mask_share": float(masks[top]),
+        }
+        example = images.batch(torch.tensor([0]), "cpu")[0]
+        pictures = inverted_images(best_of[target], example)
+        return float(index[top]), images.classnames[target], evidence, pictures

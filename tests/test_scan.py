@@ -1,0 +1,277 @@
+"""Model scans: the pieces against hand-computed values, verdicts on tiny models, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clip_backdoor.errors import ConfigError
+
+
+def test_mean_pairwise_cosine_is_the_off_diagonal_mean():
+    from clip_backdoor.scanning.decree import mean_pairwise_cosine
+
+    features = torch.randn(9, 5)
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    matrix = unit @ unit.T
+    expected = (matrix.sum() - matrix.diag().sum()) / (9 * 8)
+    torch.testing.assert_close(mean_pairwise_cosine(features), expected)
+    same = torch.ones(4, 3)
+    assert float(mean_pairwise_cosine(same)) == pytest.approx(1.0)
+
+
+def test_cost_schedule_rises_on_success_falls_on_failure_and_resets():
+    from clip_backdoor.scanning.inversion import CostSchedule
+
+    cost = CostSchedule(initial=1e-3, factor=5.0, patience=2, minimum=1e-5, reset_after=3)
+    for _ in range(3):
+        cost.update(True)
+    assert cost.value == pytest.approx(5e-3)  # raised after more than `patience` successes
+    for _ in range(9):
+        cost.update(False)
+    assert cost.value == pytest.approx(5e-3 / 125)  # three falls of 5x
+    cost.value = 1e-6  # below the floor and succeeding: back to the initial value
+    for _ in range(4):
+        cost.update(True)
+    assert cost.value == pytest.approx(1e-3)
+
+
+def test_anomaly_index_points_at_the_planted_small_value():
+    from clip_backdoor.scanning.classwise import anomaly_index
+
+    values = np.array([0.30, 0.28, 0.33, 0.31, 0.29, 0.02, 0.32])
+    index = anomaly_index(values, low_is_outlier=True)
+    assert int(np.argmax(index)) == 5 and index[5] > 5  # 9.4 by hand: (0.30-0.02)/(1.4826*0.02)
+    assert abs(index[0]) < 1.5
+
+
+def test_classwise_search_cost_does_not_grow_with_the_full_searches():
+    from clip_backdoor.scanning.classwise import ClasswiseSpec, classwise_search
+
+    calls = {"pre": 0, "full": 0}
+
+    def pre(c):
+        calls["pre"] += 1
+        return -abs(c - 42)  # class 42 is the easiest
+
+    def full(c):
+        calls["full"] += 1
+        return float(c)
+
+    spec = ClasswiseSpec(candidates=3, controls=4)
+    result = classwise_search(list(range(100)), pre, full, spec, torch.Generator().manual_seed(0))
+    assert calls == {"pre": 100, "full": 7}
+    assert result["candidates"][0] == 42 and set(result["candidates"]) == {41, 42, 43}
+    assert not set(result["controls"]) & set(result["candidates"])
+
+
+def test_verdicts_combine_by_the_largest_margin():
+    from clip_backdoor.scanning.base import Finding, judge
+    from clip_backdoor.scanning.scan import combine
+
+    assert judge(0.02, 0.1, True, 0.1) == "backdoored"
+    assert judge(0.5, 0.1, True, 0.1) == "clean"
+    assert judge(0.095, 0.1, True, 0.1) == "inconclusive"
+    decree = Finding("decree", 0.5, 0.1, True, "clean")
+    search = Finding("target_search", 5.0, 2.0, False, "backdoored", target="accordion")
+    verdict, score, target, evidence = combine([decree, search], 0.1)
+    assert (verdict, target) == ("backdoored", "accordion") and score == pytest.approx(1.5)
+    calm = Finding("target_search", 1.0, 2.0, False, "clean", target="ant")
+    verdict, score, target, evidence = combine([decree, calm], 0.1)
+    assert verdict == "clean" and target is None and evidence["most_suspect_class"] == "ant"
+
+
+FAST = {
+    "decree": {"steps": 150},
+    "target_search": {"steps": 80, "prescreen_steps": 4, "controls": 4},
+}
+
+
+TINY_TRAINING = {
+    "batch_size": 48,
+    "lr": 1e-3,
+    "warmup_steps": 10,
+    "precision": "fp32",
+    "log_every": 150,
+    "num_workers": 0,
+}
+TINY_DATA = [{"name": "synthetic", "split": "train", "size": 960, "templates": "simple"}]
+
+
+def _tiny_run(model, stage: dict, root):
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    recipe = {
+        "name": "tiny_zoo",
+        "runs_root": str(root / "runs"),
+        "model": {"name": str(model)},
+        "data": [{"name": "synthetic", "split": "test", "size": 240}],
+        "evaluation": {"templates": "simple", "quality": False},
+        "stages": [stage],
+    }
+    return run_recipe(parse_recipe(recipe), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(synthetic_clip, tmp_path_factory):
+    """The synthetic CLIP poisoned with an 8-px bottom-right BadNet patch towards 'red circle'
+    (the demo's attack, 150 steps) and the same CLIP fine-tuned on clean pairs (60 steps):
+    (backdoor artifact folder, its ASR, clean fine-tune folder)."""
+    root = tmp_path_factory.mktemp("tiny_zoo")
+    attack = {
+        "kind": "attack",
+        "method": "poison",
+        "params": {
+            "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
+            "target": "red circle",
+            "ratio": 0.1,
+            "data": TINY_DATA,
+            "caption_templates": "simple",
+            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
+        },
+    }
+    backdoored = _tiny_run(synthetic_clip, attack, root)
+    ft = {
+        "kind": "defense",
+        "method": "ft",
+        "params": {
+            "data": TINY_DATA,
+            "fraction": 0.5,
+            "training": {"steps": 60, "checkpoint_every": 60, **TINY_TRAINING},
+        },
+    }
+    clean = _tiny_run(synthetic_clip, ft, root)
+    folder = backdoored.path / "artifacts" / "backdoor"
+    asr = backdoored.metrics["evaluation"]["asr"]
+    return folder, asr, clean.path / "artifacts" / "ft"
+
+
+@pytest.fixture(scope="module")
+def tiny_backdoor(tiny_zoo):
+    return tiny_zoo[0], tiny_zoo[1]
+
+
+def _scan(model: str, runs, **extra):
+    from clip_backdoor.scanning.command import ScanRequest, run_scan
+
+    request = ScanRequest(
+        model=model, data="synthetic", size=480, images=96, params=FAST, runs_root=str(runs)
+    )
+    for key, value in extra.items():
+        setattr(request, key, value)
+    return run_scan(request)
+
+
+def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not(
+    synthetic_clip, tiny_zoo, tmp_path
+):
+    """Both scanned against their public base (the synthetic CLIP) as the reference. Measured:
+    the backdoored tiny CLIP (ASR ~1.0) is flagged by target_search with 'red circle' as its
+    target; the clean fine-tune is not flagged. Without a reference, DECREE's default PL1
+    threshold of 0.1 (set on full-size encoders) flags the clean 2-layer 32-px CLIP too: a 3%
+    mask collapses its embeddings. The trigger files are removed from the artifact first: the
+    scan must not need them."""
+    folder, asr, clean_ft = tiny_zoo
+    assert asr > 0.9
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    for name in ("trigger.json", "trigger.safetensors", "backdoor.json", "poison.json"):
+        (bare / name).unlink(missing_ok=True)
+    base = str(synthetic_clip)
+    report, run, table = _scan(str(bare), tmp_path / "runs", reference=base)
+    search = {f.scanner: f for f in report.findings}["target_search"]
+    assert report.verdict == "backdoored" and report.target == "red circle", report.summary()
+    assert search.score > search.threshold and search.reference_score < search.score
+    assert (run.path / "scan.json").is_file() and (run.path / "figures/scan_triggers.png").is_file()
+
+    clean, _, _ = _scan(str(clean_ft), tmp_path / "runs", reference=base)
+    clean_search = {f.scanner: f for f in clean.findings}["target_search"]
+    assert clean.verdict != "backdoored", clean.summary()
+    assert clean_search.score < search.score
+
+
+def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(tiny_backdoor, tmp_path):
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    folder, _ = tiny_backdoor
+    recipe = {
+        "name": "scan_stage",
+        "runs_root": str(tmp_path / "runs"),
+        "model": {"name": str(folder)},
+        "data": [{"name": "synthetic", "split": "test", "size": 240}],
+        "evaluation": {"templates": "simple", "quality": False},
+        "stages": [
+            {
+                "kind": "scan",
+                "method": "target_search",
+                "params": {
+                    "data": {"size": 480},
+                    "images": 96,
+                    "scanners": {"target_search": FAST["target_search"]},
+                },
+            }
+        ],
+    }
+    result = run_recipe(parse_recipe(recipe), progress=False)
+    scan = result.metrics["scan.target_search"]
+    assert scan["verdict"] == "backdoored" and scan["target"] == "red circle"
+    assert scan["truth"] == {"attacked": True, "target": "red circle"}
+    assert (result.path / "scans" / "target_search" / "scan.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["decree", "target_search", "prompt_inspector"])
+def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name):
+    from clip_backdoor.models import load_clip
+    from clip_backdoor.prompts.coop import CoOp
+    from clip_backdoor.scanning.base import ScanImages, ScanSubject
+    from clip_backdoor.scanning.scan import build_scanners
+
+    torch.manual_seed(0)
+    model, _, tokenizer = load_clip("ViT-B-32")
+    model.eval()
+    learner = CoOp(model, tokenizer, n_ctx=2, init=None) if name == "prompt_inspector" else None
+    subject = ScanSubject(model, tokenizer, "ViT-B-32", learner)
+    pixels = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
+    images = ScanImages(pixels, torch.tensor([0, 1, 0, 1]), ["cat", "dog"], "random")
+    few = {
+        "decree": {"steps": 2, "batch_size": 2},
+        "target_search": {"steps": 2, "prescreen_steps": 1, "batch_size": 2, "controls": 2},
+        "prompt_inspector": {
+            "steps": 1,
+            "prescreen_steps": 1,
+            "batch_size": 2,
+            "eval_images": 8,
+            "controls": 2,
+        },
+    }
+    (scanner,) = build_scanners([name], {name: few[name]})
+    finding = scanner.scan(subject, images, seed=0)
+    assert np.isfinite(finding.score) and finding.verdict in ("backdoored", "clean", "inconclusive")
+    assert finding.seconds > 0
+
+
+def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
+    from clip_backdoor.cli import main
+
+    runs = tmp_path / "runs"
+    base = ["scan", "mini-tiny", "--data", "synthetic", "--size", "120", "--runs-root", str(runs)]
+    cases = [
+        (["--images", "500"], "has 120 images; the scan needs 500"),
+        (["--images", "64", "--reference", "mini"], "another architecture"),
+        (["--images", "64", "--scanners", "prompt_inspector"], "is a plain model"),
+        (["--images", "64", "--fail-on", "suspicious"], "not a failing verdict"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not runs.exists() or not any(runs.iterdir())
+    with pytest.raises(ConfigError, match="SCANNER.KEY=VALUE"):
+        from clip_backdoor.scanning.command import parse_params
+
+        parse_params(["decree=3"])
