@@ -223,6 +223,22 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(tiny_backdoo
     assert scan["truth"] == {"attacked": True, "target": "red circle"}
     assert (result.path / "scans" / "target_search" / "scan.json").is_file()
 
+    # the zoo table reads the truth from the run and the true patch from the artifact
+    from clip_backdoor.results import write_summary
+    from clip_backdoor.scanning.results import SCAN_COLUMNS
+
+    text = write_summary("scan", [str(result.path)], tmp_path / "results")
+    lines = (tmp_path / "results" / "scan.csv").read_text().splitlines()
+    assert lines[0].split(",") == SCAN_COLUMNS
+    rows = [dict(zip(SCAN_COLUMNS, line.split(","), strict=True)) for line in lines[1:]]
+    assert {r["scanner"] for r in rows} == {"target_search", "combined"}
+    search = next(r for r in rows if r["scanner"] == "target_search")
+    assert search["truth"] == "backdoored" and search["attack"] == "badnet"
+    assert search["target_true"] == search["target_found"] == "red circle"
+    share = float(search["mask_on_trigger"])  # the 8-px patch is 6% of the 32-px image
+    assert 0.0 <= share <= 1.0
+    assert "flagged backdoored" in text
+
 
 @pytest.mark.parametrize("name", ["decree", "target_search", "prompt_inspector"])
 def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name):

@@ -150,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument(
         "table",
-        choices=["poisoning", "bai", "defenses", "ablation", "decomposition", "measuring"],
+        choices=["poisoning", "bai", "defenses", "ablation", "decomposition", "measuring", "scan"],
         help="which summary table to write (ablation: one file set per ablation recipe; "
         "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
-        "measuring.md/.csv and attribute_probe.csv, what a measuring model shows)",
+        "measuring.md/.csv and attribute_probe.csv, what a measuring model shows; scan: "
+        "scan.md/.csv and scan_roc.png from runs with scan stages)",
     )
     res.add_argument(
         "runs",

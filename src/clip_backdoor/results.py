@@ -152,7 +152,7 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition", "measuring")
+TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition", "measuring", "scan")
 
 
 def run_record(table: str, folder: Path) -> dict:
@@ -168,6 +168,10 @@ def run_record(table: str, folder: Path) -> dict:
         rows = decomposition_rows(metrics, config, lambda name, _config: name)  # issue's names
     elif table == "measuring":
         rows = measuring_rows(metrics, config)
+    elif table == "scan":
+        from clip_backdoor.scanning.results import scan_rows
+
+        rows = scan_rows(metrics, config, folder)
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
@@ -227,6 +231,10 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         return write_decomposition(rows, sources, out, ledger_file.name)
     if table == "measuring":
         return write_measuring(rows, sources, out, ledger_file.name)
+    if table == "scan":
+        from clip_backdoor.scanning.results import write_scan
+
+        return write_scan(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (r["model"], str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+from safetensors.torch import save_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,6 +15,7 @@ from clip_backdoor.runs import RunDir, json_safe, write_table  # noqa: E402
 from clip_backdoor.scanning.scan import ScanReport  # noqa: E402
 
 SCAN_FILE = "scan.json"
+INVERTED_FILE = "inverted.safetensors"  # every scanner's pictures, "<scanner>.<name>" (3, H, W)
 TABLE_HEADERS = ["scanner", "score", "threshold", "suspicious", "verdict", "target", "seconds"]
 
 
@@ -77,6 +79,13 @@ def write_report(report: ScanReport, run: RunDir, folder: Path, context: dict) -
     summary = {**context, **report.summary()}
     (folder / SCAN_FILE).write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     figure = trigger_figure(report, folder / "figures" / "scan_triggers.png")
+    pictures = {
+        f"{f.scanner}.{name}": image.contiguous()
+        for f in report.findings
+        for name, image in f.images.items()
+    }
+    if pictures:
+        save_file(pictures, str(folder / INVERTED_FILE))
     note = (
         f"Verdict: **{report.verdict}**"
         + (f", suspected target '{report.target}'" if report.target else "")

@@ -77,4 +77,6 @@ class ScanStage:
         model.eval()  # the stages after it see the model as it was
         truth = {"attacked": ctx.trigger is not None and not ctx.trigger.is_identity}
         truth["target"] = ctx.target_name
-        return {**report.summary(), **context, "truth": truth, "folder": str(folder)}
+        kind = "prompt_learner" if ctx.learner is not None else "checkpoint"
+        summary = {**report.summary(), **context, "kind": kind, "truth": truth}
+        return {**summary, "folder": str(folder)}

@@ -1,0 +1,259 @@
+"""``results/scan.md`` and ``.csv``: scan verdicts over a zoo of models whose truth is known.
+
+The truth is read here, after the scan, from what the run recorded (an attack ran, its target,
+the ASR of the last evaluation) and from the artifact's trigger (the region a patch covers):
+the scan itself never saw them. Attacks that did not take (ASR below 80%) are reported apart
+from both the backdoored and the clean models, and left out of the ROC.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
+
+SCAN_COLUMNS = ["model", "kind", "truth", "attack", "asr", "scanner", "score", "verdict"]
+SCAN_COLUMNS += ["target_true", "target_found", "seconds", "seed", "mask_on_trigger"]
+BACKDOORED_ASR = 0.8  # the issue's bar: every model with ASR >= 80% must be flagged
+FAILED_ASR = 0.2
+
+
+def truth_label(attacked: bool, asr: float | None) -> str:
+    if not attacked:
+        return "clean"
+    if asr is None or math.isnan(asr):
+        return "backdoored"
+    if asr >= BACKDOORED_ASR:
+        return "backdoored"
+    return "failed" if asr < FAILED_ASR else "partial"
+
+
+def _attack_name(config: dict, folder: Path | None) -> str:
+    """The zoo's name of a model: the trigger of its poisoning stage, its prompt attack, the
+    trigger of the artifact the run started from, or the clean fine-tune it is."""
+    import json
+
+    for stage in config.get("stages", []):
+        if stage.get("kind") == "attack":
+            trigger = stage.get("params", {}).get("trigger")
+            if isinstance(trigger, dict):
+                return str(trigger.get("name"))
+            return str(stage.get("method"))
+    linked = folder / "artifacts" / "backdoor" / "trigger.json" if folder else None
+    if linked is not None and linked.is_file():
+        return str(json.loads(linked.read_text()).get("name"))
+    others = [s for s in config.get("stages", []) if s.get("kind") != "scan"]
+    return next((s.get("label") or s["method"] for s in others), "none")
+
+
+def _asr_before(metrics: dict, label: str) -> float | None:
+    """ASR of the last point evaluated before the scan stage (the model it scanned)."""
+    points = [p for p in metrics.get("points", []) if "asr" in p]
+    return points[-1]["asr"] if points else None
+
+
+def trigger_region(folder: Path) -> torch.Tensor | None:
+    """(H, W) bool: the pixels a patch trigger changes (None for global or missing triggers)."""
+    from clip_backdoor.artifacts import TRIGGER_FILE, load_trigger
+
+    artifact = folder / "artifacts" / "backdoor"
+    if not (artifact / TRIGGER_FILE).is_file():
+        return None
+    trigger = load_trigger(artifact)
+    size = None
+    config = folder / "artifacts" / "backdoor" / "open_clip_config.json"
+    if config.is_file():
+        import json
+
+        size = json.loads(config.read_text())["model_cfg"]["vision_cfg"]["image_size"]
+    if size is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    changed = torch.zeros(size, size, dtype=torch.bool)
+    for _ in range(2):
+        images = torch.rand((1, 3, size, size), generator=generator)
+        changed |= (trigger.apply(images) - images).abs().amax(dim=(0, 1)) > 1e-4
+    return changed if changed.float().mean() < 0.5 else None  # a global trigger: no region
+
+
+def mask_share(folder: Path, scan_folder: Path, scanner: str, region) -> float:
+    """Share of the inverted mask's mass on the true trigger's region."""
+    from safetensors.torch import load_file
+
+    from clip_backdoor.scanning.report import INVERTED_FILE
+
+    path = scan_folder / INVERTED_FILE
+    if region is None or not path.is_file():
+        return math.nan
+    pictures = load_file(str(path))
+    mask = pictures.get(f"{scanner}.mask")
+    if mask is None or mask.shape[-1] != region.shape[-1]:
+        return math.nan
+    mass = mask[0]
+    return float((mass * region).sum() / mass.sum().clamp_min(1e-12))
+
+
+def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[dict]:
+    rows = []
+    region = trigger_region(folder) if folder is not None else None
+    for key, scan in metrics.items():
+        if not key.startswith("scan."):
+            continue
+        label = key.removeprefix("scan.")
+        truth = scan.get("truth", {})
+        asr = _asr_before(metrics, label)
+        base = {
+            "model": f"{config_model(config)}/{config.get('name')}",
+            "kind": scan.get("kind", "checkpoint"),
+            "truth": truth_label(bool(truth.get("attacked")), asr),
+            "attack": _attack_name(config, folder),
+            "asr": math.nan if asr is None else 100 * asr,
+            "target_true": truth.get("target") or "",
+            "seed": config.get("seed"),
+        }
+        scan_folder = Path(scan.get("folder", ""))
+        if folder is not None:
+            scan_folder = folder / "scans" / label
+        for finding in scan.get("scanners", []):
+            rows.append(
+                {
+                    **base,
+                    "scanner": finding["scanner"],
+                    "score": finding["score"],
+                    "threshold": finding["threshold"],
+                    "suspect_below": finding["suspect_below"],
+                    "verdict": finding["verdict"],
+                    "target_found": finding.get("target") or "",
+                    "seconds": finding.get("seconds", math.nan),
+                    "mask_on_trigger": mask_share(folder, scan_folder, finding["scanner"], region)
+                    if folder is not None
+                    else math.nan,
+                }
+            )
+        rows.append(
+            {
+                **base,
+                "scanner": "combined",
+                "score": scan["score"],
+                "threshold": scan.get("threshold", 0.0),
+                "suspect_below": False,
+                "verdict": scan["verdict"],
+                "target_found": scan.get("target") or "",
+                "seconds": scan.get("seconds", math.nan),
+                "mask_on_trigger": math.nan,
+            }
+        )
+    return rows
+
+
+def auroc(rows: list[dict]) -> float:
+    """AUROC of one scanner's score, backdoored (ASR >= 80%) vs clean models."""
+    from sklearn.metrics import roc_auc_score
+
+    judged = [r for r in rows if r["truth"] in ("backdoored", "clean")]
+    labels = [r["truth"] == "backdoored" for r in judged]
+    if len(set(labels)) < 2:
+        return math.nan
+    scores = [-r["score"] if r["suspect_below"] else r["score"] for r in judged]
+    return float(roc_auc_score(labels, scores))
+
+
+def roc_figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, axis = plt.subplots(figsize=(4.2, 4))
+    for scanner in sorted({r["scanner"] for r in rows}):
+        part = [
+            r for r in rows if r["scanner"] == scanner and r["truth"] in ("backdoored", "clean")
+        ]
+        labels = [r["truth"] == "backdoored" for r in part]
+        if len(set(labels)) < 2:
+            continue
+        scores = [-r["score"] if r["suspect_below"] else r["score"] for r in part]
+        fpr, tpr, _ = roc_curve(labels, scores)
+        axis.plot(fpr, tpr, label=f"{scanner} ({auroc(part):.2f})")
+    axis.plot([0, 1], [0, 1], ":", color="grey")
+    axis.set(xlabel="false-positive rate (clean models)", ylabel="true-positive rate")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
+    rows = sorted(rows, key=lambda r: (r["kind"], r["truth"], r["attack"], r["seed"], r["scanner"]))
+    write_csv(out / "scan.csv", SCAN_COLUMNS, rows)
+    headers = ["model", "kind", "truth", "attack", "ASR %", "seed", "scanner", "score"]
+    headers += ["threshold", "verdict", "target", "found", "mask on trigger", "s"]
+    body = [
+        [
+            r["model"],
+            r["kind"],
+            r["truth"],
+            r["attack"],
+            r["asr"],
+            r["seed"],
+            r["scanner"],
+            f"{r['score']:.4g}",
+            f"{r['threshold']:.4g}",
+            r["verdict"],
+            r["target_true"] or "-",
+            r["target_found"] or "-",
+            r["mask_on_trigger"],
+            r["seconds"],
+        ]
+        for r in rows
+    ]
+    scanners = sorted({r["scanner"] for r in rows})
+    summary = []
+    for scanner in scanners:
+        part = [r for r in rows if r["scanner"] == scanner]
+        flagged = [r for r in part if r["truth"] == "backdoored" and r["verdict"] == "backdoored"]
+        positives = [r for r in part if r["truth"] == "backdoored"]
+        false = [r for r in part if r["truth"] == "clean" and r["verdict"] == "backdoored"]
+        negatives = [r for r in part if r["truth"] == "clean"]
+        right = [r for r in flagged if r["target_found"] == r["target_true"]]
+        shares = [r["mask_on_trigger"] for r in part if np.isfinite(r["mask_on_trigger"])]
+        summary.append(
+            [
+                scanner,
+                auroc(part),
+                f"{len(flagged)}/{len(positives)}",
+                f"{len(false)}/{len(negatives)}",
+                f"{len(right)}/{len(flagged)}",
+                float(np.mean(shares)) if shares else math.nan,
+            ]
+        )
+    if {"backdoored", "clean"} <= {r["truth"] for r in rows}:
+        roc_figure(rows, out / "scan_roc.png")
+    text = (
+        "# Model scans over a zoo of known truth\n\n"
+        "Truth: `backdoored` = an attack with ASR >= 80%, `partial`/`failed` = an attack with "
+        "ASR 20-80% / below 20% (reported apart, out of the ROC), `clean` = no attack. "
+        "Recorded by the run after the scan; the scan saw only the model and clean images.\n\n"
+        + markdown_table(
+            [
+                "scanner",
+                "AUROC",
+                "flagged backdoored",
+                "flagged clean",
+                "target found",
+                "mean mask on trigger",
+            ],
+            summary,
+        )
+        + "\n\n"
+        + markdown_table(headers, body)
+        + "\n\n"
+        + provenance("scan", ledger_name, sources)
+    )
+    (out / "scan.md").write_text(text)
+    return text
