@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prompt_learning.py
 	$(BIN)/python benchmarks/visual_prompts.py
 	$(BIN)/python benchmarks/decomposition.py
+	$(BIN)/python benchmarks/scan.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

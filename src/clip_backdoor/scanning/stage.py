@@ -7,7 +7,7 @@ evaluation) is recorded beside the verdict afterwards, for the zoo's tables, nev
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -21,6 +21,7 @@ from clip_backdoor.scanning.subject import load_subject, scan_images
 class ScanImagesSpec(Strict):
     name: str | None = Field(None, description="data set (default: the first evaluation set's)")
     split: str = "train"
+    classes: Literal["all", "base", "novel"] = Field("all", description="CoOp's class halves")
     size: int | None = Field(None, gt=0, description="synthetic set only")
 
 
@@ -55,6 +56,7 @@ class ScanStage:
             ctx.recipe.seed,
             spec.data.size,
             ctx.progress,
+            spec.data.classes,
         )
         subject = ScanSubject(model, ctx.tokenizer, ctx.stage_label or "model", ctx.learner)
         reference = None

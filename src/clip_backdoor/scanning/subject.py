@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from clip_backdoor.data import load_classification
+from clip_backdoor.data.fewshot import class_part
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_clip
 from clip_backdoor.models.image_tower import ImageTower
@@ -61,9 +62,12 @@ def scan_images(
     seed: int,
     size: int | None = None,
     progress: bool = False,
+    classes: str = "all",
 ) -> ScanImages:
-    """``count`` images of a split drawn with ``seed``, as uint8 at the model's resolution."""
+    """``count`` images of a split (``classes``: all, or CoOp's base/novel half) drawn with
+    ``seed``, as uint8 at the model's resolution."""
     data = load_classification(name, split, transform, image_size=image_size, seed=seed, size=size)
+    data = class_part(data, classes)
     if len(data) < count:
         raise ConfigError(
             f"{name}/{split} has {len(data)} images; the scan needs {count} (lower --images)"
@@ -76,4 +80,5 @@ def scan_images(
         image, label = data[index]
         pixels[i] = (image * 255).round().clamp(0, 255).to(torch.uint8)
         labels[i] = int(label)
-    return ScanImages(pixels, labels, list(data.classnames), f"{name}/{split}")
+    source = f"{name}/{split}" + ("" if classes == "all" else f":{classes}")
+    return ScanImages(pixels, labels, list(data.classnames), source)
