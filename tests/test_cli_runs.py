@@ -61,7 +61,7 @@ def test_shipped_recipes_validate():
 
     from clip_backdoor.engine.config import load_pretrain_recipe
 
-    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))  # v2/, scan_zoo/
     assert len(recipes) >= 3
     for path in recipes:
         is_pretrain = "training" in yaml.safe_load(path.read_text())
@@ -73,7 +73,7 @@ def test_console_script_help_lists_commands():
         [sys.executable, "-m", "clip_backdoor", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    for command in ("run", "eval", "list"):
+    for command in ("run", "eval", "list", "scan"):
         assert f"    {command} " in result.stdout
 
 
