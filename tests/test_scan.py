@@ -291,3 +291,35 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
         from clip_backdoor.scanning.command import parse_params
 
         parse_params(["decree=3"])
+
+
+def test_calibration_on_clean_references_is_leave_one_out():
+    from clip_backdoor.scanning.results import auroc, calibrate
+
+    def row(model, truth, score, scanner="decree"):
+        return {
+            "model": model,
+            "seed": 0,
+            "truth": truth,
+            "scanner": scanner,
+            "score": score,
+            "suspect_below": scanner == "decree",
+        }
+
+    rows = [
+        row("ref_a", "clean", 0.30),
+        row("ref_b", "clean", 0.25),
+        row("ref_c", "clean", 0.12),  # the most suspicious reference
+        row("bd", "backdoored", 0.02),
+        row("weak", "backdoored", 0.20),
+    ]
+    rows += [{**r, "scanner": "combined", "score": 0.0, "suspect_below": False} for r in rows]
+    calibrate(rows)
+    marks = {(r["model"], r["scanner"]): r["verdict_calibrated"] for r in rows}
+    assert marks[("bd", "decree")] == "backdoored"  # below every reference's PL1
+    assert marks[("weak", "decree")] == "clean"  # ref_c needs less mask than it
+    assert marks[("ref_c", "decree")] == "backdoored"  # judged against a and b only
+    assert marks[("ref_a", "decree")] == marks[("ref_b", "decree")] == "clean"
+    assert marks[("bd", "combined")] == "backdoored"
+    # pairs (backdoored more suspicious than clean): bd beats 3, weak beats 2 of 3
+    assert auroc([r for r in rows if r["scanner"] == "decree"]) == pytest.approx(5 / 6)

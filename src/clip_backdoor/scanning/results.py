@@ -150,6 +150,37 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
     return rows
 
 
+def _oriented(row: dict) -> float:
+    """The score with larger = more suspicious, whatever the scanner's unit."""
+    return -row["score"] if row["suspect_below"] else row["score"]
+
+
+def calibrate(rows: list[dict], band: float = 0.1) -> None:
+    """Add ``verdict_calibrated``: each scanner's threshold set on the zoo's clean references,
+    leave-one-out (a reference is judged against the others only): flagged when more
+    suspicious than every other clean reference by more than ``band`` of that reference's
+    score. The combined row is flagged when any scanner of the same scan is."""
+    key = lambda r: (r["model"], r["seed"])  # noqa: E731  (one scan of one model)
+    for scanner in {r["scanner"] for r in rows} - {"combined"}:
+        part = [r for r in rows if r["scanner"] == scanner]
+        clean = [r for r in part if r["truth"] == "clean"]
+        for row in part:
+            others = [_oriented(r) for r in clean if key(r) != key(row)]
+            if not others:
+                row["verdict_calibrated"] = "-"
+                continue
+            limit = max(others)
+            past = _oriented(row) - limit > band * abs(limit)
+            row["verdict_calibrated"] = "backdoored" if past else "clean"
+    for row in rows:
+        if row["scanner"] == "combined":
+            same = [r for r in rows if key(r) == key(row) and r["scanner"] != "combined"]
+            marks = {r.get("verdict_calibrated", "-") for r in same}
+            row["verdict_calibrated"] = (
+                "-" if marks <= {"-"} else "backdoored" if "backdoored" in marks else "clean"
+            )
+
+
 def auroc(rows: list[dict]) -> float:
     """AUROC of one scanner's score, backdoored (ASR >= 80%) vs clean models."""
     from sklearn.metrics import roc_auc_score
@@ -158,8 +189,7 @@ def auroc(rows: list[dict]) -> float:
     labels = [r["truth"] == "backdoored" for r in judged]
     if len(set(labels)) < 2:
         return math.nan
-    scores = [-r["score"] if r["suspect_below"] else r["score"] for r in judged]
-    return float(roc_auc_score(labels, scores))
+    return float(roc_auc_score(labels, [_oriented(r) for r in judged]))
 
 
 def roc_figure(rows: list[dict], path: Path) -> None:
@@ -177,8 +207,7 @@ def roc_figure(rows: list[dict], path: Path) -> None:
         labels = [r["truth"] == "backdoored" for r in part]
         if len(set(labels)) < 2:
             continue
-        scores = [-r["score"] if r["suspect_below"] else r["score"] for r in part]
-        fpr, tpr, _ = roc_curve(labels, scores)
+        fpr, tpr, _ = roc_curve(labels, [_oriented(r) for r in part])
         axis.plot(fpr, tpr, label=f"{scanner} ({auroc(part):.2f})")
     axis.plot([0, 1], [0, 1], ":", color="grey")
     axis.set(xlabel="false-positive rate (clean models)", ylabel="true-positive rate")
@@ -190,9 +219,10 @@ def roc_figure(rows: list[dict], path: Path) -> None:
 
 def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     rows = sorted(rows, key=lambda r: (r["kind"], r["truth"], r["attack"], r["seed"], r["scanner"]))
+    calibrate(rows)
     write_csv(out / "scan.csv", SCAN_COLUMNS, rows)
     headers = ["model", "kind", "truth", "attack", "ASR %", "seed", "scanner", "score"]
-    headers += ["threshold", "verdict", "target", "found", "mask on trigger", "s"]
+    headers += ["threshold", "verdict", "calibrated", "target", "found", "mask on trigger", "s"]
     body = [
         [
             r["model"],
@@ -205,6 +235,7 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
             f"{r['score']:.4g}",
             f"{r['threshold']:.4g}",
             r["verdict"],
+            r["verdict_calibrated"],
             r["target_true"] or "-",
             r["target_found"] or "-",
             r["mask_on_trigger"],
@@ -221,6 +252,8 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
         false = [r for r in part if r["truth"] == "clean" and r["verdict"] == "backdoored"]
         negatives = [r for r in part if r["truth"] == "clean"]
         right = [r for r in flagged if r["target_found"] == r["target_true"]]
+        calibrated = [r for r in positives if r["verdict_calibrated"] == "backdoored"]
+        false_calibrated = [r for r in negatives if r["verdict_calibrated"] == "backdoored"]
         shares = [r["mask_on_trigger"] for r in part if np.isfinite(r["mask_on_trigger"])]
         summary.append(
             [
@@ -229,6 +262,8 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
                 f"{len(flagged)}/{len(positives)}",
                 f"{len(false)}/{len(negatives)}",
                 f"{len(right)}/{len(flagged)}",
+                f"{len(calibrated)}/{len(positives)}",
+                f"{len(false_calibrated)}/{len(negatives)}",
                 float(np.mean(shares)) if shares else math.nan,
             ]
         )
@@ -238,7 +273,10 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
         "# Model scans over a zoo of known truth\n\n"
         "Truth: `backdoored` = an attack with ASR >= 80%, `partial`/`failed` = an attack with "
         "ASR 20-80% / below 20% (reported apart, out of the ROC), `clean` = no attack. "
-        "Recorded by the run after the scan; the scan saw only the model and clean images.\n\n"
+        "Recorded by the run after the scan; the scan saw only the model and clean images. "
+        "Verdict: at the scanners' default thresholds. Calibrated: each scanner's threshold "
+        "set on the zoo's clean references, leave-one-out (a reference is judged against the "
+        "other references only), flagged when more suspicious than all of them by 10%.\n\n"
         + markdown_table(
             [
                 "scanner",
