@@ -86,7 +86,7 @@ def test_verdicts_combine_by_the_largest_margin():
 
 FAST = {
     "decree": {"steps": 150},
-    "target_search": {"steps": 80, "prescreen_steps": 4, "controls": 4},
+    "target_search": {"steps": 150, "prescreen_steps": 4, "controls": 5},
 }
 
 
@@ -171,7 +171,8 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
 ):
     """Both scanned against their public base (the synthetic CLIP) as the reference. Measured:
     the backdoored tiny CLIP (ASR ~1.0) is flagged by target_search with 'red circle' as its
-    target; the clean fine-tune is not flagged. Without a reference, DECREE's default PL1
+    target (its easiest class, reached with a mask over 2x smaller than in the base); the clean
+    fine-tune is not flagged. Without a reference, DECREE's default PL1
     threshold of 0.1 (set on full-size encoders) flags the clean 2-layer 32-px CLIP too: a 3%
     mask collapses its embeddings. The trigger files are removed from the artifact first: the
     scan must not need them."""
@@ -185,7 +186,8 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     report, run, table = _scan(str(bare), tmp_path / "runs", reference=base)
     search = {f.scanner: f for f in report.findings}["target_search"]
     assert report.verdict == "backdoored" and report.target == "red circle", report.summary()
-    assert search.score > search.threshold and search.reference_score < search.score
+    assert search.score > search.threshold  # its target needs < half the base's mask
+    assert search.evidence["reference_log_ratio"]["red circle"] == search.score
     assert (run.path / "scan.json").is_file() and (run.path / "figures/scan_triggers.png").is_file()
 
     clean, _, _ = _scan(str(clean_ft), tmp_path / "runs", reference=base)
@@ -194,7 +196,9 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     assert clean_search.score < search.score
 
 
-def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(tiny_backdoor, tmp_path):
+def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
+    synthetic_clip, tiny_backdoor, tmp_path
+):
     from clip_backdoor.recipes import parse_recipe
     from clip_backdoor.runner import run_recipe
 
@@ -213,6 +217,7 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(tiny_backdoo
                     "data": {"size": 480},
                     "images": 96,
                     "scanners": {"target_search": FAST["target_search"]},
+                    "reference": {"name": str(synthetic_clip)},
                 },
             }
         ],

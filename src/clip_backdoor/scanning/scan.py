@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 
 from clip_backdoor.artifacts import cache_key, cache_root
@@ -19,7 +20,7 @@ from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.recipes import SCAN_ALL
 from clip_backdoor.registry import SCANNERS
-from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject
+from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
 from clip_backdoor.scanning.subject import check_reference
 
 ALL = SCAN_ALL
@@ -130,10 +131,19 @@ def scan(
         check_reference(subject, reference)
     findings = []
     for scanner in applicable:
+        compare = reference is not None and scanner.applies(reference)
+        per_class = compare and hasattr(scanner, "against_reference")
         reference_score = None
-        if reference is not None and scanner.applies(reference):
+        if compare and not per_class:
             reference_score = reference_score_cached(scanner, reference, images, seed, progress)
         finding = scanner.scan(subject, images, seed, progress, reference_score)
+        if per_class:  # the same classes searched on the reference: judged class by class
+            start = time.perf_counter()
+            scanner.against_reference(finding, reference, images, seed, progress)
+            finding.seconds += time.perf_counter() - start
+            finding.verdict = judge(
+                finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
+            )
         if log is not None:
             log(
                 f"scanner {finding.scanner}: score {finding.score:.4g} vs threshold "

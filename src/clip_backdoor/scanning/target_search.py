@@ -46,64 +46,19 @@ class TargetSearch(Scanner):
     suspect_below = False
 
     def reference_threshold(self, reference_score: float) -> float:
-        """One unit above the clean base's own index, and at least the default: a base model
-        may have an easy class of its own."""
+        """Only used without a per-class comparison: one unit above the base's own index."""
         return max(self.default_threshold, reference_score + 1.0)
 
     def search(self, subject: ScanSubject, images: ScanImages, seed: int, progress: bool):
-        spec, model = self.spec, subject.model
-        device = next(model.parameters()).device
-        precision = precision_mod.resolve(spec.precision, device)
-        model.eval().requires_grad_(False)
-        head = ClassHead(subject, images.classnames, spec.templates, False, precision)
-        generator = torch.Generator().manual_seed(seed)
-        size = images.pixels.shape[-1]
-        area = size * size
-        best_of: dict[int, BestMask] = {}
-
-        def invert(target: int, steps: int) -> tuple[BestMask, float]:
-            """The smallest successful mask for ``target`` and the last batch's success rate."""
-            trigger = MaskPattern(size, generator, device)
-            optimizer = torch.optim.Adam(trigger.parameters(), lr=spec.lr, betas=(0.5, 0.9))
-            cost = CostSchedule(1e-3, 1.5, spec.patience, 1e-7, 2 * spec.patience)
-            best, rate = BestMask(), 0.0
-            labels = torch.full((spec.batch_size,), target, device=device)
-            for _ in range(steps):
-                batch = images.batch(images.draw(generator, spec.batch_size, target), device)
-                with precision_mod.autocast(precision, device):
-                    logits = head.logits(trigger(batch)).float()
-                ce = F.cross_entropy(logits, labels[: len(batch)])
-                loss = ce + cost.value * trigger.l1()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                rate = float((logits.argmax(dim=1) == target).float().mean())
-                success = rate >= spec.success
-                best.offer(trigger, success)
-                cost.update(success)
-                if best.found and best.stale > spec.early_stop:
-                    break
-            return best, rate
-
-        def prescreen(target: int) -> float:
-            best, rate = invert(target, spec.prescreen_steps)
-            # reached with a smaller mask is easier; not reached: how close the batch came
-            return 1.0 + (1.0 - best.l1 / area) if best.found else rate
-
-        def refine(target: int) -> float:
-            best, _ = invert(target, spec.steps)
-            best_of[target] = best
-            return best.l1 / area if best.found else 1.0
-
+        inverter = ClassInverter(self.spec, subject, images, seed)
         classes = list(range(len(images.classnames)))
         bar = tqdm(total=len(classes), desc="target_search", disable=not progress, leave=False)
 
         def screened(c: int) -> float:
-            value = prescreen(c)
             bar.update(1)
-            return value
+            return inverter.prescreen(c)
 
-        result = classwise_search(classes, screened, refine, spec, generator)
+        result = classwise_search(classes, screened, inverter.refine, self.spec, inverter.generator)
         bar.close()
         searched = list(result["refined"])
         masks = np.array([result["refined"][c] for c in searched])
@@ -117,7 +72,79 @@ class TargetSearch(Scanner):
             "controls": [images.classnames[c] for c in result["controls"]],
             "prescreened": len(classes),
             "target_mask_share": float(masks[top]),
+            "pictures_of": images.classnames[target],
         }
         example = images.batch(torch.tensor([0]), "cpu")[0]
-        pictures = inverted_images(best_of[target], example)
+        pictures = inverted_images(inverter.best[target], example)
         return float(index[top]), images.classnames[target], evidence, pictures
+
+    def against_reference(
+        self, finding, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
+    ) -> None:
+        """With a clean base: is the class this model finds easiest to reach (the anomaly
+        search's target) much easier than it is in the base? The same search for the candidate
+        classes on the base; score: log(base's mask / this model's mask) for the target,
+        flagged above log 2 (half the base's mask). A class easy in the base already, or
+        classes a fine-tune made a little easier, are not mistaken for a backdoor target."""
+        inverter = ClassInverter(self.spec, reference, images, seed)
+        shares = finding.evidence["mask_share"]
+        ratios = {}
+        names = list(dict.fromkeys([finding.target, *finding.evidence["candidates"]]))
+        for name in tqdm(names, desc="target_search (reference)", disable=not progress):
+            base = inverter.refine(images.classnames.index(name))
+            ratios[name] = float(np.log(max(base, 1e-6) / max(shares[name], 1e-6)))
+        finding.evidence.update(reference_log_ratio=ratios, anomaly_index=finding.score)
+        finding.score = ratios[finding.target]
+        finding.threshold = self.spec.threshold or REFERENCE_LOG_RATIO
+
+
+REFERENCE_LOG_RATIO = float(np.log(2.0))
+
+
+class ClassInverter:
+    """Neural Cleanse's inversion towards one class of a subject's zero-shot head."""
+
+    def __init__(self, spec, subject: ScanSubject, images: ScanImages, seed: int) -> None:
+        self.spec, self.images = spec, images
+        model = subject.model
+        self.device = next(model.parameters()).device
+        self.precision = precision_mod.resolve(spec.precision, self.device)
+        model.eval().requires_grad_(False)
+        self.head = ClassHead(subject, images.classnames, spec.templates, False, self.precision)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.size = images.pixels.shape[-1]
+        self.best: dict[int, BestMask] = {}
+
+    def invert(self, target: int, steps: int) -> tuple[BestMask, float]:
+        """The smallest successful mask for ``target`` and the last batch's success rate."""
+        spec, images, device = self.spec, self.images, self.device
+        trigger = MaskPattern(self.size, self.generator, device)
+        optimizer = torch.optim.Adam(trigger.parameters(), lr=spec.lr, betas=(0.5, 0.9))
+        cost = CostSchedule(1e-3, 1.5, spec.patience, 1e-7, 2 * spec.patience)
+        best, rate = BestMask(), 0.0
+        labels = torch.full((spec.batch_size,), target, device=device)
+        for _ in range(steps):
+            batch = images.batch(images.draw(self.generator, spec.batch_size, target), device)
+            with precision_mod.autocast(self.precision, device):
+                logits = self.head.logits(trigger(batch)).float()
+            loss = F.cross_entropy(logits, labels[: len(batch)]) + cost.value * trigger.l1()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            rate = float((logits.argmax(dim=1) == target).float().mean())
+            success = rate >= spec.success
+            best.offer(trigger, success)
+            cost.update(success)
+            if best.found and best.stale > spec.early_stop:
+                break
+        return best, rate
+
+    def prescreen(self, target: int) -> float:
+        best, rate = self.invert(target, self.spec.prescreen_steps)
+        # reached with a smaller mask is easier; not reached: how close the batch came
+        return 1.0 + (1.0 - best.l1 / self.size**2) if best.found else rate
+
+    def refine(self, target: int) -> float:
+        best, _ = self.invert(target, self.spec.steps)
+        self.best[target] = best
+        return best.l1 / self.size**2 if best.found else 1.0
