@@ -114,6 +114,7 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
             "asr": math.nan if asr is None else 100 * asr,
             "target_true": truth.get("target") or "",
             "seed": config.get("seed"),
+            "scan_folder": str(folder / "scans" / label) if folder is not None else "",
         }
         scan_folder = Path(scan.get("folder", ""))
         if folder is not None:
@@ -217,6 +218,51 @@ def roc_figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def triggers_figure(rows: list[dict], path: Path) -> Path | None:
+    """Per attacked model whose run folder is still here: its true trigger (the run's render)
+    beside what each scanner inverted (mask and stamped image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from clip_backdoor.scanning.report import INVERTED_FILE
+
+    seen, panels = set(), []
+    for row in rows:
+        scan_folder = Path(row.get("scan_folder") or "/nonexistent")
+        if row["truth"] == "clean" or scan_folder in seen or not scan_folder.is_dir():
+            continue
+        seen.add(scan_folder)
+        renders = sorted((scan_folder.parents[1] / "figures").glob("trigger_*.png"))
+        inverted = scan_folder / INVERTED_FILE
+        pictures = load_file(str(inverted)) if inverted.is_file() else {}
+        shown = [(k, v) for k, v in pictures.items() if k.endswith((".mask", ".stamped"))]
+        if renders or shown:
+            panels.append((f"{row['attack']} s{row['seed']}", renders[:1], shown))
+    if not panels:
+        return None
+    columns = 1 + max(len(p[2]) for p in panels)
+    fig, axes = plt.subplots(
+        len(panels), columns, figsize=(1.9 * columns, 2.0 * len(panels)), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for row_axes, (name, renders, shown) in zip(axes, panels, strict=True):
+        if renders:
+            row_axes[0].imshow(Image.open(renders[0]))
+        row_axes[0].set_title(f"{name}: true", fontsize=7)
+        for axis, (key, image) in zip(row_axes[1:], shown, strict=False):
+            axis.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axis.set_title(key, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     rows = sorted(rows, key=lambda r: (r["kind"], r["truth"], r["attack"], r["seed"], r["scanner"]))
     calibrate(rows)
@@ -269,6 +315,7 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
         )
     if {"backdoored", "clean"} <= {r["truth"] for r in rows}:
         roc_figure(rows, out / "scan_roc.png")
+    triggers_figure(rows, out / "scan_triggers.png")
     text = (
         "# Model scans over a zoo of known truth\n\n"
         "Truth: `backdoored` = an attack with ASR >= 80%, `partial`/`failed` = an attack with "
@@ -284,6 +331,8 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
                 "flagged backdoored",
                 "flagged clean",
                 "target found",
+                "calibrated: flagged backdoored",
+                "calibrated: flagged clean",
                 "mean mask on trigger",
             ],
             summary,
