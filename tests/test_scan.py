@@ -245,17 +245,28 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     assert "flagged backdoored" in text
 
 
-@pytest.mark.parametrize("name", ["decree", "target_search", "prompt_inspector"])
-def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name):
+@pytest.fixture(scope="module")
+def vit_b_32():
     from clip_backdoor.models import load_clip
+
+    torch.manual_seed(0)
+    model, _, tokenizer = load_clip("ViT-B-32")
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("name", ["decree", "target_search", "prompt_inspector", "cocoop"])
+def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
+    """Every scanner on the full-size path; prompt_inspector through CoOp and CoCoOp (whose
+    prompts depend on the image, so the perturbation's gradient runs through the meta-net)."""
+    from clip_backdoor.prompts.cocoop import CoCoOp
     from clip_backdoor.prompts.coop import CoOp
     from clip_backdoor.scanning.base import ScanImages, ScanSubject
     from clip_backdoor.scanning.scan import build_scanners
 
-    torch.manual_seed(0)
-    model, _, tokenizer = load_clip("ViT-B-32")
-    model.eval()
-    learner = CoOp(model, tokenizer, n_ctx=2, init=None) if name == "prompt_inspector" else None
+    model, tokenizer = vit_b_32
+    kinds = {"prompt_inspector": CoOp, "cocoop": CoCoOp}
+    learner = kinds[name](model, tokenizer, n_ctx=2, init=None) if name in kinds else None
+    name = "prompt_inspector" if name == "cocoop" else name
     subject = ScanSubject(model, tokenizer, "ViT-B-32", learner)
     pixels = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
     images = ScanImages(pixels, torch.tensor([0, 1, 0, 1]), ["cat", "dog"], "random")
