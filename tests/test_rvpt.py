@@ -164,16 +164,66 @@ def test_fr_on_the_class_token_is_an_option_with_its_own_cache_key(tmp_path):
 
     assert "feature" not in RVPTSpec().key()  # prompts tuned before the option are still found
     assert RVPTSpec(feature="cls").key()["feature"] == "cls"
-    cls = defended(tmp_path, "rvpt", attack=False, feature="cls", training={"epochs": 2})
     embedding = defended(tmp_path, "rvpt", attack=False, training={"epochs": 2})
-    assert cls["defense.rvpt"]["cache_key"] != embedding["defense.rvpt"]["cache_key"]
-    assert cls["defense.rvpt"]["final_loss"] != embedding["defense.rvpt"]["final_loss"]
+    for feature in ("cls", "blocks"):
+        other = defended(tmp_path, "rvpt", attack=False, feature=feature, training={"epochs": 2})
+        assert other["defense.rvpt"]["cache_key"] != embedding["defense.rvpt"]["cache_key"]
+        assert other["defense.rvpt"]["final_loss"] != embedding["defense.rvpt"]["final_loss"]
 
     # the prompt folder evaluates on its own, on top of the model it was tuned on
-    folder = sorted((tmp_path / "runs").iterdir())[-1] / "artifacts" / "rvpt"
+    folder = sorted((tmp_path / "runs").iterdir())[0] / "artifacts" / "rvpt"
     again = copy.deepcopy(POISON_RECIPE)
     again.update(runs_root=str(tmp_path / "eval"), stages=[])
     again["model"]["visual_prompts"] = str(folder)
     (point,) = run_recipe(parse_recipe(again), progress=False).metrics["points"]
     assert point["ca"] == embedding["points"][-1]["ca"]
     assert point["weights"] == embedding["points"][-1]["weights"]
+
+
+def test_block_class_tokens_read_every_block_and_end_at_the_last_cls_token():
+    import open_clip
+
+    from clip_backdoor.defenses.rvpt import block_class_tokens
+
+    torch.manual_seed(0)
+    visual = open_clip.model.VisionTransformer(
+        image_size=32, patch_size=8, width=32, layers=3, heads=2, mlp_ratio=2.0, output_dim=16
+    )
+    tower = ImageTower(visual)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        tokens, features = block_class_tokens(tower, images, range(1, 3))
+        last = tower.forward(images, tokens=True)[:, 0]
+        assert tokens.shape == (4, 2, 32)
+        torch.testing.assert_close(tokens[:, -1], last)
+        torch.testing.assert_close(features, tower.forward(images))
+        assert not torch.allclose(tokens[:, 0], tokens[:, 1])
+
+
+def test_defense_verdicts_judge_every_rvpt_variant_against_the_bar_and_vpt():
+    import math
+
+    from clip_backdoor.defense_results import verdicts
+
+    def row(defense, ca, asr):
+        return {
+            "model": "m",
+            "attack": "badnet",
+            "seed": 0,
+            "eval_set": "caltech101",
+            "defense": defense,
+            "ca": ca,
+            "asr": asr,
+            "pr": math.nan,
+        }
+
+    rows = [
+        row("none", 50.0, 95.0),
+        row("vpt", 51.0, 60.0),
+        row("rvpt", 49.0, 70.0),
+        row("rvpt_blocks", 48.5, 4.0),
+    ]
+    lines = verdicts(rows)
+    assert len(lines) == 2
+    assert "rvpt ASR 70.00" in lines[0] and "misses" in lines[0] and "(not lower)" in lines[0]
+    assert "rvpt_blocks ASR 4.00" in lines[1] and "meets" in lines[1] and "(lower)" in lines[1]

@@ -69,26 +69,33 @@ def verdicts(rows: list[dict]) -> list[str]:
             if (r["model"], r["attack"], r["seed"], r["eval_set"])
             == (model, attack, seed, eval_set)
         }
-        rvpt, none = mine.get("rvpt"), mine.get("none")
-        if rvpt is None or none is None:
+        none = mine.get("none")
+        if none is None:
             continue
-        drop = none["ca"] - rvpt["ca"]
-        ok = rvpt["asr"] <= ASR_BAR and drop <= CA_DROP_BAR
-        line = (
-            f"- {model}, {attack}, seed {seed}, {eval_set}: RVPT ASR {rvpt['asr']:.2f} (from "
-            f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
-            f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
-        )
-        if "vpt" in mine:
-            lower = "RVPT lower" if rvpt["asr"] < mine["vpt"]["asr"] else "RVPT not lower"
-            line += f"; VPT ASR {mine['vpt']['asr']:.2f} ({lower})"
-        if not math.isnan(rvpt["pr"]) and not math.isnan(none["pr"]):
-            line += f"; PR {none['pr']:.3f} -> {rvpt['pr']:.3f}"
-            trigger = (none.get("pr_trigger", math.nan), rvpt.get("pr_trigger", math.nan))
-            if not any(math.isnan(v) for v in trigger):
-                line += f" (trigger {trigger[0]:.3f} -> {trigger[1]:.3f})"
-        lines.append(line)
+        for label in sorted(d for d in mine if d == "rvpt" or d.startswith("rvpt_")):
+            lines.append(_verdict(f"{model}, {attack}, seed {seed}, {eval_set}", label, mine))
     return lines
+
+
+def _verdict(where: str, label: str, mine: dict[str, dict]) -> str:
+    """One RVPT variant (``rvpt``, ``rvpt_blocks``...) against the bar and against VPT."""
+    rvpt, none = mine[label], mine["none"]
+    drop = none["ca"] - rvpt["ca"]
+    ok = rvpt["asr"] <= ASR_BAR and drop <= CA_DROP_BAR
+    line = (
+        f"- {where}: {label} ASR {rvpt['asr']:.2f} (from "
+        f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
+        f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
+    )
+    if "vpt" in mine:
+        lower = "lower" if rvpt["asr"] < mine["vpt"]["asr"] else "not lower"
+        line += f"; VPT ASR {mine['vpt']['asr']:.2f} ({lower})"
+    if not math.isnan(rvpt["pr"]) and not math.isnan(none["pr"]):
+        line += f"; PR {none['pr']:.3f} -> {rvpt['pr']:.3f}"
+        trigger = (none.get("pr_trigger", math.nan), rvpt.get("pr_trigger", math.nan))
+        if not any(math.isnan(v) for v in trigger):
+            line += f" (trigger {trigger[0]:.3f} -> {trigger[1]:.3f})"
+    return line
 
 
 def unique_rows(rows: list[dict]) -> list[dict]:

@@ -58,10 +58,11 @@ class RVPTSpec(Strict):
     blocks: int | None = Field(None, ge=1, description="prompted blocks (default: to the last)")
     alpha: float = Field(2.0, ge=0, description="weight of the feature-repulsion loss FR")
     margin: float = Field(-1.0, ge=-1, le=1, description="FR's margin m (-1: full repulsion)")
-    feature: Literal["embedding", "cls"] = Field(
+    feature: Literal["embedding", "cls", "blocks"] = Field(
         "embedding",
-        description="what FR compares: the image embedding, or the last block's CLS token "
-        "before ln_post (METHODS.md 4.4 reads 'class-token features' either way)",
+        description="what FR compares: the image embedding, the last block's CLS token "
+        "before ln_post, or the CLS token after every prompted block (METHODS.md 4.4 reads "
+        "'class-token features' either way; App. D.2 counts the repelled features)",
     )
     templates: str | list[str] = Field("photo", description="proxy captions of the classes")
     training: RVPTTrainingSpec = Field(default_factory=RVPTTrainingSpec)
@@ -77,6 +78,27 @@ def repulsion(features: torch.Tensor, frozen: torch.Tensor, margin: float) -> to
     """FR (Eq. 3/6): mean of max(0, cos(prompted, frozen) - m); at m = -1 the plain mean + 1."""
     cosine = F.cosine_similarity(features, frozen, dim=-1)
     return (cosine - margin).clamp(min=0).mean()
+
+
+def block_class_tokens(
+    tower: ImageTower,
+    images: torch.Tensor,
+    layers: range,
+    prompts: torch.Tensor | None = None,
+    first: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLS token after each block of ``layers`` (B, len(layers), d), and the features.
+
+    Why: a backdoor's shortcut is built up over several blocks; repelling only the last read-out
+    leaves the earlier blocks free to carry it (the hint of issue 25's independent RVPT)."""
+    seen: list[torch.Tensor] = []
+
+    def keep(layer: int, site: str, x: torch.Tensor) -> None:
+        if layer in layers:
+            seen.append(x[:, 0])
+
+    features = tower.forward(images, prompts, first, hook=keep, sites=("resid_post",))
+    return torch.stack(seen, dim=1), features
 
 
 def tune_visual_prompts(
@@ -99,10 +121,15 @@ def tune_visual_prompts(
     views = AugmentedViews(data.images, training.views, seed)
     normalize = model.normalize
 
+    layers = range(prompts.first, prompts.first + prompts.blocks)
+
     def frozen_cls(pixels: torch.Tensor) -> torch.Tensor:
         return tower.forward(normalize(pixels), tokens=True)[:, 0]
 
-    encode = frozen_cls if spec.feature == "cls" else None  # None: the embedding
+    def frozen_blocks(pixels: torch.Tensor) -> torch.Tensor:
+        return block_class_tokens(tower, normalize(pixels), layers)[0].flatten(1)
+
+    encode = {"cls": frozen_cls, "blocks": frozen_blocks}.get(spec.feature)  # None: embedding
     frozen = None
     if spec.alpha:
         frozen = view_features(model, views, precision=precision, progress=progress, encode=encode)
@@ -122,13 +149,18 @@ def tune_visual_prompts(
                 )
                 features = F.normalize(tower.pool(tokens).float(), dim=-1)
                 repelled = tokens[:, 0].float()
+            elif spec.feature == "blocks":
+                repelled, pooled = block_class_tokens(
+                    tower, normalize(pixels), layers, prompts.prompts, prompts.first
+                )
+                features = F.normalize(pooled.float(), dim=-1)
+                repelled = repelled.float()
             else:
                 features = repelled = prompted.encode_image(pixels).float()
         loss = F.cross_entropy(scale * features @ text.T, labels[items])
         if frozen is not None:
-            loss = loss + spec.alpha * repulsion(
-                repelled, frozen[items, view].to(device), spec.margin
-            )
+            target = frozen[items, view].to(device).view(repelled.shape)
+            loss = loss + spec.alpha * repulsion(repelled, target, spec.margin)
         return loss
 
     prompts.train()
