@@ -52,6 +52,7 @@ DETECTORS: Registry = Registry("detector")
 PROMPT_LEARNERS: Registry = Registry("prompt learner")
 ANALYSES: Registry = Registry("analysis")
 SCANNERS: Registry = Registry("scanner")
+DATA_DETECTORS: Registry = Registry("data detector")
 
 REGISTRIES: dict[str, Registry] = {
     "trigger": TRIGGERS,
@@ -61,4 +62,5 @@ REGISTRIES: dict[str, Registry] = {
     "prompt_learner": PROMPT_LEARNERS,
     "analysis": ANALYSES,
     "scanner": SCANNERS,
+    "data_detector": DATA_DETECTORS,
 }

@@ -1,0 +1,21 @@
+"""k-distance: the distance from a pair's image to its k-th nearest neighbour.
+
+Why: Huang et al. (ICLR 2025) find poisoned pairs sparse in their local neighbourhood of a
+CLIP's embedding space (the backdoor maps them to one region few clean images share)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clip_backdoor.data_scan.base import NeighbourSpec, PairDetector, PairEmbeddings
+from clip_backdoor.registry import DATA_DETECTORS
+
+
+@DATA_DETECTORS.register("k_distance")
+class KDistance(PairDetector):
+    name = "k_distance"
+    spec_class = NeighbourSpec
+
+    def score(self, pairs: PairEmbeddings) -> np.ndarray:
+        spec = self.spec
+        return pairs.neighbourhood(spec.k, spec.space).k_distance[: len(pairs)]
