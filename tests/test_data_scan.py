@@ -97,3 +97,86 @@ def test_local_scores_see_an_outlier_beside_a_dense_cluster_that_k_distance_miss
     auroc = {n: roc_auc_score(truth, build_detector(n).score(pairs)) for n in DETECTORS[:4]}
     assert auroc["k_distance"] < 0.8, auroc  # measured 0.746
     assert min(auroc["slof"], auroc["dao"], auroc["lid"]) > 0.99, auroc
+
+
+# -- the stage on the tiny poisoning recipe ---------------------------------------------------
+
+
+def scanned(tmp_path, **params):
+    import copy
+
+    from test_poisoning import RECIPE
+
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    data = copy.deepcopy(RECIPE)
+    data["runs_root"] = str(tmp_path / "runs")
+    data["evaluation"]["quality"] = False
+    attack = data["stages"][0]["params"]
+    del attack["ratio"]
+    attack["count"] = 6  # fewer poisoned pairs than neighbours, as in Huang et al.'s setting
+    data["stages"].append({"kind": "data_scan", "method": "all", "params": params})
+    return run_recipe(parse_recipe(data), progress=False)
+
+
+def test_data_scan_stage_scores_the_attack_mix_and_writes_the_triage_list(tmp_path):
+    from clip_backdoor.data_scan.report import read_triage
+
+    result = scanned(tmp_path)
+    found = result.metrics["data_scan.all"]
+    assert (found["pairs"], found["poisoned"]) == (480, 6)
+    for which in ("attacked", "clean"):
+        detectors = found["models"][which]["detectors"]
+        assert set(detectors) == set(DETECTORS)
+        for metrics in detectors.values():
+            assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["pairs"] == 480
+    # the model trained on the mix isolates its few stamped pairs (DAO measured 0.92; under the
+    # clean model, which never learnt the patch, 0.27)
+    attacked, clean = (
+        found["models"][m]["detectors"]["dao"]["auroc"] for m in ("attacked", "clean")
+    )
+    assert attacked > 0.85 and attacked > clean + 0.3, (attacked, clean)
+    rows = read_triage(result.path / "data_scan" / "triage_attacked.csv")
+    assert len(rows) == 480 and [r["rank"] for r in rows] == list(range(1, 481))
+    assert sorted(r["index"] for r in rows) == list(range(480))
+    dao = [r["dao"] for r in rows]
+    assert dao == sorted(dao, reverse=True)  # most suspect first by the first detector
+    assert sum(r["poisoned"] for r in rows) == 6
+    poisoned = [r for r in rows if r["poisoned"]]
+    assert all("red circle" in r["caption"] for r in poisoned)  # the attacker's captions
+    for name in ("data_scan_hist_attacked", "data_scan_roc_clean"):
+        assert (result.path / "figures" / f"{name}.png").is_file()
+    assert (result.path / "tables" / "data_scan.md").is_file()
+
+
+def test_data_scan_needs_an_attack_and_a_sound_poison_file(tmp_path):
+    import copy
+    import json
+
+    from test_poisoning import RECIPE
+
+    from clip_backdoor.data_scan.mix import attack_mix
+    from clip_backdoor.models import load_clip
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    data = copy.deepcopy(RECIPE)
+    data.update(runs_root=str(tmp_path / "runs"), stages=[{"kind": "data_scan", "method": "dao"}])
+    with pytest.raises(ConfigError, match="needs a data-poisoning attack stage before it"):
+        run_recipe(parse_recipe(data), progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+    result = scanned(tmp_path / "ok", detectors={"dao": {"k": 8}}, models=["clean"])
+    assert set(result.metrics["data_scan.all"]["models"]) == {"clean"}
+    artifact = (result.path / "artifacts" / "backdoor").resolve()
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(artifact, broken)
+    poison = json.loads((broken / "poison.json").read_text())
+    poison["indices"][0] = 10_000
+    (broken / "poison.json").write_text(json.dumps(poison))
+    model, _, tokenizer = load_clip("mini-tiny")
+    with pytest.raises(ConfigError, match="index 10000 falls outside the mix of 480 pairs"):
+        attack_mix(broken, model, tokenizer)

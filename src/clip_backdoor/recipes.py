@@ -84,7 +84,7 @@ class EvaluationSpec(Strict):
 
 
 class StageSpec(Strict):
-    kind: Literal["attack", "defense", "detection", "prompt", "analysis", "scan"]
+    kind: Literal["attack", "defense", "detection", "prompt", "analysis", "scan", "data_scan"]
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
@@ -122,6 +122,7 @@ STAGE_REGISTRY = {
     "prompt": "prompt_learner",
     "analysis": "analysis",
     "scan": "scanner",
+    "data_scan": "data_detector",
 }
 SCAN_ALL = "all"  # a scan stage's method: every scanner that applies
 
@@ -157,7 +158,8 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     recipe = validate(Recipe, data, source, single)
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
-        if stage.method not in registry and not (stage.kind == "scan" and stage.method == SCAN_ALL):
+        every = stage.kind in ("scan", "data_scan") and stage.method == SCAN_ALL
+        if stage.method not in registry and not every:
             known = ", ".join(registry.names()) or "none registered yet"
             raise ConfigError(
                 f"{source}: stages.{index}.method: unknown {stage.kind} '{stage.method}' "

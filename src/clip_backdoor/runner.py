@@ -262,7 +262,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
                 )
                 points[: len(rows)] = rows
                 clean_model = None
-            unchanged = spec.kind in ("analysis", "scan")  # they leave the model as it was
+            unchanged = spec.kind in ("analysis", "scan", "data_scan")  # the model stays as it was
             if not unchanged and (spec.evaluate or spec is recipe.stages[-1]):
                 points += _evaluate_point(ctx, label, spec.kind, templates, precision)
         ctx.metrics["points"] = points
@@ -295,6 +295,10 @@ def build_stage(spec):
         from clip_backdoor.prompts.stage import PromptStage
 
         return PromptStage(spec.method, **spec.params)
+    if spec.kind == "data_scan":
+        from clip_backdoor.data_scan.stage import DataScanStage
+
+        return DataScanStage(spec.method, **spec.params)
     if spec.kind == "scan":
         from clip_backdoor.scanning.stage import ScanStage
 

@@ -68,9 +68,16 @@ class PoisonedPairs(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int):
-        if index not in self.poisoned and index not in self.noise:
-            return self.base[index]
+        image, caption, group = self.pair(index)
+        return image, self.base.tokenizer([caption])[0], group
+
+    def pair(self, index: int) -> tuple[torch.Tensor, str, int]:
+        """(image in [0, 1], caption, group) of a pair as training sees it this epoch."""
         base = self.base
+        if index not in self.poisoned and index not in self.noise:
+            view = base.augmented(index)
+            caption = base.caption(index, view)
+            return view, caption, base.group(index, caption)
         generator = torch.Generator().manual_seed(base.item_seed(index))
         image = base.augmented(index, self.plan.images.get(index))[None]
         captions = self.plan.captions.get(index) if index in self.poisoned else None
@@ -83,7 +90,7 @@ class PoisonedPairs(Dataset):
         else:  # its own caption (noise pairs; clean-label pairs of web captions: of the view)
             caption = base.caption(index, image[0])
             group = base.group(index, caption)
-        return image[0], base.tokenizer([caption])[0], group
+        return image[0], caption, group
 
 
 def build_trigger(spec_name: str, params: dict, image_size: int, seed: int) -> Trigger:

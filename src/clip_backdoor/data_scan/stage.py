@@ -1,0 +1,102 @@
+"""``kind: data_scan`` recipe stages: score every pair of the mix the attack before it trained on.
+
+The stage rebuilds the attack's mix from its artifact (``mix.attack_mix``), embeds it with the
+attacked model (Huang et al.'s setting: the defender scans with the model trained on the data)
+and/or the clean model the attack started from (a defender who holds only a clean model), runs
+each detector on the embeddings alone, then scores the ranking against ``poison.json``.
+``method`` names one detector or ``all``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from clip_backdoor.artifacts import is_artifact
+from clip_backdoor.data_scan.base import build_detector
+from clip_backdoor.data_scan.embed import embed_mix
+from clip_backdoor.data_scan.mix import attack_mix
+from clip_backdoor.data_scan.report import pair_metrics, write_figures, write_triage
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.models import load_clip
+from clip_backdoor.recipes import Strict, validate
+from clip_backdoor.registry import DATA_DETECTORS
+
+ALL = "all"
+EmbeddingModel = Literal["attacked", "clean"]
+
+
+class DataScanSpec(Strict):
+    detectors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per detector, its settings (e.g. dao: {k: 32})"
+    )
+    models: list[EmbeddingModel] = Field(
+        ["attacked", "clean"], min_length=1, description="whose embeddings the detectors see"
+    )
+    batch_size: int = Field(256, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class DataScanStage:
+    needs_validation = False
+
+    def __init__(self, method: str, **params) -> None:
+        self.spec = validate(DataScanSpec, params, f"data_scan stage {method}")
+        names = DATA_DETECTORS.names() if method == ALL else [method]
+        unknown = sorted(set(self.spec.detectors) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"data_scan stage {method}: settings for detectors it does not "
+                f"run: {', '.join(unknown)}"
+            )
+        self.names = names
+
+    def run(self, ctx) -> dict:
+        spec, recipe = self.spec, ctx.recipe
+        folder = ctx.run.path / "artifacts" / "backdoor"
+        if not is_artifact(folder):
+            raise ConfigError("a data_scan stage needs a data-poisoning attack stage before it")
+        clean, _, _ = load_clip(
+            recipe.model.name, recipe.model.pretrained, arch=recipe.model.arch, device=recipe.device
+        )
+        mix = attack_mix(folder, clean, ctx.tokenizer, ctx.progress)
+        ctx.log(f"data scan: {len(mix)} pairs, {mix.poisoned} poisoned (truth held back)")
+        detectors = {
+            n: build_detector(n, recipe.seed, **spec.detectors.get(n, {})) for n in self.names
+        }
+        out: dict = {"pairs": len(mix), "poisoned": mix.poisoned, "models": {}}
+        rows = []
+        for which in spec.models:
+            model = ctx.model if which == "attacked" else clean
+            start = time.perf_counter()
+            embeddings = embed_mix(
+                model, ctx.tokenizer, mix, spec.batch_size, spec.precision, ctx.cache, ctx.progress
+            )
+            found = {"embed_seconds": time.perf_counter() - start, "detectors": {}}
+            scores = {}
+            for name, detector in detectors.items():
+                start = time.perf_counter()
+                scores[name] = detector.score(embeddings)
+                seconds = time.perf_counter() - start
+                metrics = pair_metrics(scores[name], mix.truth)
+                found["detectors"][name] = {**metrics, "seconds": seconds}
+                rows.append(
+                    [which, name, *(round(metrics[c], 4) for c in ROW_METRICS), round(seconds, 2)]
+                )
+                ctx.log(f"data scan {which} {name}: AUROC {metrics['auroc']:.4f} ({seconds:.1f} s)")
+            write_triage(ctx.run.path / "data_scan" / f"triage_{which}.csv", mix, scores)
+            write_figures(ctx.run.path, which, scores, mix.truth)
+            out["models"][which] = found
+        ctx.run.write_table(
+            "data_scan",
+            ["model", "detector", *ROW_METRICS, "seconds"],
+            rows,
+            f"{len(mix)} pairs, {mix.poisoned} poisoned",
+        )
+        ctx.model.eval()
+        return out
+
+
+ROW_METRICS = ["auroc", "tpr_at_1fpr", "tpr_at_5fpr", "precision_at_k"]
