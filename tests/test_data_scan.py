@@ -180,3 +180,17 @@ def test_data_scan_needs_an_attack_and_a_sound_poison_file(tmp_path):
     model, _, tokenizer = load_clip("mini-tiny")
     with pytest.raises(ConfigError, match="index 10000 falls outside the mix of 480 pairs"):
         attack_mix(broken, model, tokenizer)
+
+
+def test_reference_batches_keep_every_neighbour_inside_its_seeded_batch():
+    pairs, _ = planted(n=600)
+    hood = pairs.neighbourhood(8, "pair", reference=200, seed=3)
+    order = np.random.default_rng(3).permutation(600)
+    batch_of = np.empty(1200, dtype=int)
+    for b, rows in enumerate(np.array_split(order, 3)):
+        batch_of[rows], batch_of[rows + 600] = b, b
+    assert (batch_of[hood.indices] == batch_of[:, None]).all()
+    assert pairs.neighbourhood(8, "pair", reference=200, seed=3) is hood
+    assert pairs.neighbourhood(8, "pair", reference=200, seed=4) is not hood
+    with pytest.raises(ConfigError, match="reference batches of 4 pairs"):
+        pairs.neighbourhood(8, "image", reference=4)

@@ -33,6 +33,15 @@ class NeighbourSpec(DetectorSpec):
         description="whose neighbours: 'image' (image embeddings among images, Huang et al.'s "
         "call) or 'pair' (each image among every image and caption of the mix)",
     )
+    reference: int | None = Field(
+        1024,
+        ge=2,
+        description="pairs per random reference batch a point's neighbours are sought in (None: "
+        "the whole mix). Huang et al. score each sample against the other samples of a random "
+        "training batch (their configs: 1,024), so a poisoned pair meets only the few other "
+        "poisoned pairs of its batch, fewer than k; against the whole mix the poisoned pairs "
+        "form one dense cluster of their own",
+    )
 
 
 @dataclass
@@ -55,13 +64,15 @@ class PairEmbeddings:
     def __len__(self) -> int:
         return len(self.images)
 
-    def neighbourhood(self, k: int, space: Space):
-        """The k-NN search of ``space``, done once per (k, space) and mix."""
+    def neighbourhood(self, k: int, space: Space, reference: int | None = None, seed: int = 0):
+        """The k-NN search of ``space`` within seeded reference batches of ``reference`` pairs
+        (None: the whole mix), done once per setting and mix."""
         from clip_backdoor.data_scan.neighbours import Neighbourhood
 
-        if (k, space) not in self._neighbourhoods:
-            self._neighbourhoods[(k, space)] = Neighbourhood.of(self, k, space)
-        return self._neighbourhoods[(k, space)]
+        key = (k, space, reference, seed if reference else None)
+        if key not in self._neighbourhoods:
+            self._neighbourhoods[key] = Neighbourhood.of(self, k, space, reference, seed)
+        return self._neighbourhoods[key]
 
 
 def _normalised(x: np.ndarray, what: str) -> np.ndarray:

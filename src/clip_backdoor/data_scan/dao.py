@@ -21,7 +21,7 @@ class DAO(PairDetector):
 
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
-        hood = pairs.neighbourhood(spec.k, spec.space)
+        hood = pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed)
         n, kdist, lid = len(pairs), hood.k_distance, hood.lid
         around = hood.indices[:n]
         return (lid[around] * np.log(kdist[:n, None] / kdist[around])).mean(axis=1)

@@ -18,4 +18,6 @@ class KDistance(PairDetector):
 
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
-        return pairs.neighbourhood(spec.k, spec.space).k_distance[: len(pairs)]
+        return pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed).k_distance[
+            : len(pairs)
+        ]

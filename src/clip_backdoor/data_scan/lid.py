@@ -17,4 +17,4 @@ class LID(PairDetector):
 
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
-        return pairs.neighbourhood(spec.k, spec.space).lid[: len(pairs)]
+        return pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed).lid[: len(pairs)]

@@ -1,8 +1,10 @@
 """One k-nearest-neighbour search per mix, shared by the neighbourhood detectors.
 
-scikit-learn's brute-force search works through the query set in chunks sized by its
-``working_memory`` setting, so memory stays flat in the mix size (no N x N matrix); the points
-themselves are never their own neighbours.
+Neighbours are sought within seeded random reference batches of the mix (Huang et al.'s
+protocol: the other samples of a training batch), or in the whole mix. scikit-learn's
+brute-force search works through each query set in chunks sized by its ``working_memory``
+setting, so memory stays flat in the mix size (no N x N matrix), and with batches the cost
+grows linearly with N; a point is never its own neighbour.
 """
 
 from __future__ import annotations
@@ -29,16 +31,30 @@ class Neighbourhood:
     pairs: int
 
     @classmethod
-    def of(cls, pairs, k: int, space: str) -> Neighbourhood:
-        points = pairs.images if space == "image" else np.concatenate([pairs.images, pairs.texts])
-        if len(points) <= k:
+    def of(
+        cls, pairs, k: int, space: str, reference: int | None = None, seed: int = 0
+    ) -> Neighbourhood:
+        n = len(pairs)
+        batches = [np.arange(n)]
+        if reference is not None and reference < n:
+            order = np.random.default_rng(seed).permutation(n)
+            batches = np.array_split(order, n // reference)  # sizes reference .. 2 * reference
+        per_point = 1 if space == "image" else 2
+        if min(len(b) for b in batches) * per_point <= k:
             raise ConfigError(
-                f"a mix of {len(pairs)} pairs has fewer than k + 1 = {k + 1} points to find "
-                f"{k} neighbours among"
+                f"a mix of {n} pairs has fewer than k + 1 = {k + 1} points to find {k} "
+                f"neighbours among"
+                + (f" (reference batches of {reference} pairs)" if reference else "")
             )
+        distances = np.empty((n * per_point, k))
+        indices = np.empty((n * per_point, k), dtype=np.int64)
         search = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean")
-        distances, indices = search.fit(points).kneighbors()  # no X: a point is not its own
-        return cls(distances.astype(np.float64), indices, len(pairs))
+        every = pairs.images if space == "image" else np.concatenate([pairs.images, pairs.texts])
+        for batch in batches:
+            rows = batch if space == "image" else np.concatenate([batch, batch + n])
+            found, where = search.fit(every[rows]).kneighbors()  # no X: not its own neighbour
+            distances[rows], indices[rows] = found, rows[where]
+        return cls(distances, indices, n)
 
     @property
     def k_distance(self) -> np.ndarray:

@@ -18,6 +18,6 @@ class SLOF(PairDetector):
 
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
-        hood = pairs.neighbourhood(spec.k, spec.space)
+        hood = pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed)
         n, kdist = len(pairs), hood.k_distance
         return (kdist[:n, None] / kdist[hood.indices[:n]]).mean(axis=1)

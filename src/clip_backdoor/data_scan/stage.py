@@ -9,16 +9,14 @@ each detector on the embeddings alone, then scores the ranking against ``poison.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import Field
 
 from clip_backdoor.artifacts import is_artifact
 from clip_backdoor.data_scan.base import build_detector
-from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import attack_mix
-from clip_backdoor.data_scan.report import pair_metrics, write_figures, write_triage
+from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_clip
 from clip_backdoor.recipes import Strict, validate
@@ -70,33 +68,20 @@ class DataScanStage:
         rows = []
         for which in spec.models:
             model = ctx.model if which == "attacked" else clean
-            start = time.perf_counter()
-            embeddings = embed_mix(
-                model, ctx.tokenizer, mix, spec.batch_size, spec.precision, ctx.cache, ctx.progress
+            out["models"][which], more = score_mix(
+                which,
+                model,
+                ctx.tokenizer,
+                mix,
+                detectors,
+                ctx.run,
+                spec.batch_size,
+                spec.precision,
+                ctx.cache,
+                ctx.progress,
             )
-            found = {"embed_seconds": time.perf_counter() - start, "detectors": {}}
-            scores = {}
-            for name, detector in detectors.items():
-                start = time.perf_counter()
-                scores[name] = detector.score(embeddings)
-                seconds = time.perf_counter() - start
-                metrics = pair_metrics(scores[name], mix.truth)
-                found["detectors"][name] = {**metrics, "seconds": seconds}
-                rows.append(
-                    [which, name, *(round(metrics[c], 4) for c in ROW_METRICS), round(seconds, 2)]
-                )
-                ctx.log(f"data scan {which} {name}: AUROC {metrics['auroc']:.4f} ({seconds:.1f} s)")
-            write_triage(ctx.run.path / "data_scan" / f"triage_{which}.csv", mix, scores)
-            write_figures(ctx.run.path, which, scores, mix.truth)
-            out["models"][which] = found
-        ctx.run.write_table(
-            "data_scan",
-            ["model", "detector", *ROW_METRICS, "seconds"],
-            rows,
-            f"{len(mix)} pairs, {mix.poisoned} poisoned",
-        )
+            rows += more
+        note = f"{len(mix)} pairs, {mix.poisoned} poisoned"
+        ctx.run.write_table("data_scan", TABLE_HEADERS, rows, note)
         ctx.model.eval()
         return out
-
-
-ROW_METRICS = ["auroc", "tpr_at_1fpr", "tpr_at_5fpr", "precision_at_k"]

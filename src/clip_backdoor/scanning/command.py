@@ -39,15 +39,17 @@ class ScanRequest:
     fail_on: str | None = None
 
 
-def parse_params(items: list[str]) -> dict:
-    """``scanner.key=value`` (value read as YAML) into {scanner: {key: value}}."""
+def parse_params(
+    items: list[str], what: str = "SCANNER", example: str = "decree.steps=300"
+) -> dict:
+    """``method.key=value`` (value read as YAML) into {method: {key: value}}."""
     params: dict = {}
     for item in items:
         name, sep, value = item.partition("=")
-        scanner, dot, key = name.partition(".")
+        method, dot, key = name.partition(".")
         if not sep or not dot or not key:
-            raise ConfigError(f"--param {item!r}: write SCANNER.KEY=VALUE (e.g. decree.steps=300)")
-        params.setdefault(scanner, {})[key] = yaml.safe_load(value)
+            raise ConfigError(f"--param {item!r}: write {what}.KEY=VALUE (e.g. {example})")
+        params.setdefault(method, {})[key] = yaml.safe_load(value)
     return params
 
 
