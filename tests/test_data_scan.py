@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from clip_backdoor.data_scan.base import PairEmbeddings, build_detector
@@ -194,3 +195,83 @@ def test_reference_batches_keep_every_neighbour_inside_its_seeded_batch():
     assert pairs.neighbourhood(8, "pair", reference=200, seed=4) is not hood
     with pytest.raises(ConfigError, match="reference batches of 4 pairs"):
         pairs.neighbourhood(8, "image", reference=4)
+
+
+# -- the cleaning defense -----------------------------------------------------------------------
+
+
+def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_path):
+    import copy
+
+    from test_poisoning import RECIPE
+
+    from clip_backdoor.data_scan.mix import attack_mix
+    from clip_backdoor.defenses.cleaning import KeptPairs, removed_pairs
+    from clip_backdoor.models import load_clip
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2])
+    np.testing.assert_array_equal(removed_pairs(scores, None, 2), [1, 3])  # ties: mix order
+    np.testing.assert_array_equal(removed_pairs(scores, 0.4, None), [1, 3])
+    with pytest.raises(ConfigError, match="removes 5 of 5 pairs: nothing left"):
+        removed_pairs(scores, None, 5)
+
+    data = copy.deepcopy(RECIPE)
+    data["runs_root"] = str(tmp_path / "runs")
+    data["evaluation"]["quality"] = False
+    attack = data["stages"][0]["params"]
+    del attack["ratio"]
+    attack["count"] = 6
+    cut = {"detector": "dao", "count": 24}
+    scan = {"kind": "data_scan", "method": "dao", "params": {"models": ["attacked"]}}
+    data["stages"] += [scan, {"kind": "defense", "method": "cleaning", "params": cut}]
+    result = run_recipe(parse_recipe(data), progress=False)
+    info = result.metrics["defense.cleaning"]
+    assert (info["pairs"], info["removed"], info["poisoned"]) == (480, 24, 6)
+    assert info["poisoned_removed"] + info["poisoned_left"] == 6
+    assert info["steps"] > 0
+
+    # the summary: one detection row, one cleaning row beside the attacked point
+    import csv
+
+    from clip_backdoor.results import write_summary
+
+    text = write_summary("data_scan", [str(result.path)], tmp_path / "results")
+    with (tmp_path / "results" / "data_scan.csv").open() as handle:
+        (detection,) = list(csv.DictReader(handle))
+    assert (detection["attack"], detection["model"], detection["detector"]) == (
+        "badnet",
+        "attacked",
+        "dao",
+    )
+    assert float(detection["auroc"]) == pytest.approx(
+        result.metrics["data_scan.dao"]["models"]["attacked"]["detectors"]["dao"]["auroc"], abs=1e-4
+    )
+    with (tmp_path / "results" / "cleaning.csv").open() as handle:
+        (cleaned,) = list(csv.DictReader(handle))
+    assert int(cleaned["removed"]) == 24 and int(cleaned["poisoned"]) == 6
+    point = next(p for p in result.metrics["points"] if p["point"] == "cleaning")
+    assert float(cleaned["ca"]) == pytest.approx(100 * point["ca"], abs=1e-3)
+    assert "## Cleaning" in text and "best dao with the attacked model" in text
+
+    # what it trained on: the attack's mix, every pair but the removed ones, unchanged
+    artifact = result.path / "artifacts" / "backdoor"
+    model, _, tokenizer = load_clip("mini-tiny")
+    trained = attack_mix(artifact, model, tokenizer, as_trained=True).pairs
+    scores = np.arange(480.0)[::-1]  # a known ranking: the first 24 pairs go
+    kept = KeptPairs(trained, np.setdiff1d(np.arange(480), removed_pairs(scores, None, 24)))
+    assert len(kept) == 456
+    trained.set_epoch(0)
+    for position in (0, 100, 455):
+        image, tokens, group = kept[position]
+        again = trained[position + 24]
+        assert torch.equal(image, again[0]) and torch.equal(tokens, again[1])
+        assert group == again[2]
+
+    # a cut that removes everything: one line, nothing left behind
+    data["runs_root"] = str(tmp_path / "bad")
+    data["stages"][-1]["params"] = {"detector": "dao", "count": 480}
+    with pytest.raises(ConfigError, match="removes 480 of 480 pairs"):
+        run_recipe(parse_recipe(data), progress=False)
+    assert not any((tmp_path / "bad").iterdir())

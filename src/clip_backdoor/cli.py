@@ -173,11 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument(
         "table",
-        choices=["poisoning", "bai", "defenses", "ablation", "decomposition", "measuring", "scan"],
+        choices=[
+            "poisoning",
+            "bai",
+            "defenses",
+            "ablation",
+            "decomposition",
+            "measuring",
+            "scan",
+            "data_scan",
+        ],
         help="which summary table to write (ablation: one file set per ablation recipe; "
         "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
         "measuring.md/.csv and attribute_probe.csv, what a measuring model shows; scan: "
-        "scan.md/.csv and scan_roc.png from runs with scan stages)",
+        "scan.md/.csv and scan_roc.png from runs with scan stages; data_scan: data_scan.md/.csv "
+        "and cleaning.csv from runs with data_scan stages and cleaning defenses)",
     )
     res.add_argument(
         "runs",

@@ -152,7 +152,16 @@ def headline_checks(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLES = ("poisoning", "bai", "defenses", "ablation", "decomposition", "measuring", "scan")
+TABLES = (
+    "poisoning",
+    "bai",
+    "defenses",
+    "ablation",
+    "decomposition",
+    "measuring",
+    "scan",
+    "data_scan",
+)
 
 
 def run_record(table: str, folder: Path) -> dict:
@@ -172,6 +181,10 @@ def run_record(table: str, folder: Path) -> dict:
         from clip_backdoor.scanning.results import scan_rows
 
         rows = scan_rows(metrics, config, folder)
+    elif table == "data_scan":
+        from clip_backdoor.data_scan.results import data_scan_rows
+
+        rows = data_scan_rows(metrics, config)
     else:
         rows = [poisoning_row(metrics, config)]
     versions = config.get("versions", {})
@@ -235,6 +248,10 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         from clip_backdoor.scanning.results import write_scan
 
         return write_scan(rows, sources, out, ledger_file.name)
+    if table == "data_scan":
+        from clip_backdoor.data_scan.results import write_data_scan
+
+        return write_data_scan(rows, sources, out, ledger_file.name)
     rows.sort(key=lambda r: (r["model"], str(r["trigger"]), r["seed"]))
     with (out / f"{table}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=POISONING_COLUMNS, extrasaction="ignore")

@@ -64,9 +64,12 @@ class TrainingMix:
         return 0 if self.truth is None else int(self.truth.sum())
 
 
-def attack_mix(folder: str | Path, model, tokenizer, progress: bool = False) -> TrainingMix:
+def attack_mix(
+    folder: str | Path, model, tokenizer, progress: bool = False, as_trained: bool = False
+) -> TrainingMix:
     """The poisoned mix of a data-poisoning artifact, rebuilt on ``model``'s resolution and
-    few-shot pool (the clean model the attack started from)."""
+    few-shot pool (the clean model the attack started from); ``as_trained`` keeps the attack's
+    augmentation (to train on it again) instead of the plain images a scan reads."""
     folder = Path(folder)
     info = read_info(folder, BACKDOOR_FILE, "backdoor artifact")
     if info.get("attack") != "poison" or not (folder / POISON_FILE).is_file():
@@ -76,7 +79,7 @@ def attack_mix(folder: str | Path, model, tokenizer, progress: bool = False) -> 
         )
     spec = PoisonSpec(**info["config"])
     seed = int(info["seed"])
-    training = spec.training.model_copy(update={"augment": False})
+    training = spec.training if as_trained else spec.training.model_copy(update={"augment": False})
     data = pairs_for_training(
         spec.data,
         tokenizer,
@@ -110,6 +113,7 @@ def attack_mix(folder: str | Path, model, tokenizer, progress: bool = False) -> 
     truth = np.zeros(len(data), dtype=bool)
     truth[indices] = True
     digest = hashlib.sha1(json.dumps([info.get("cache_key"), indices]).encode()).hexdigest()
+    digest += "-as-trained" if as_trained else ""
     return TrainingMix(PoisonedPairs(data, plan, trigger), truth, folder.name, digest, spec, seed)
 
 
