@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/visual_prompts.py
 	$(BIN)/python benchmarks/decomposition.py
 	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/data_scan.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

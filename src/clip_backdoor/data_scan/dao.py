@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from clip_backdoor.data_scan.base import NeighbourSpec, PairDetector, PairEmbeddings
+from clip_backdoor.data_scan.neighbours import by_rows
 from clip_backdoor.registry import DATA_DETECTORS
 
 
@@ -22,6 +23,10 @@ class DAO(PairDetector):
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
         hood = pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed)
-        n, kdist, lid = len(pairs), hood.k_distance, hood.lid
-        around = hood.indices[:n]
-        return (lid[around] * np.log(kdist[:n, None] / kdist[around])).mean(axis=1)
+        kdist, lid = hood.k_distance, hood.lid
+
+        def block(rows: slice) -> np.ndarray:
+            around = hood.indices[rows]
+            return (lid[around] * np.log(kdist[rows, None] / kdist[around])).mean(axis=1)
+
+        return by_rows(len(pairs), block)

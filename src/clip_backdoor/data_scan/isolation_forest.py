@@ -10,12 +10,20 @@ from pydantic import Field
 from sklearn.ensemble import IsolationForest as SklearnIsolationForest
 
 from clip_backdoor.data_scan.base import DetectorSpec, PairDetector, PairEmbeddings
+from clip_backdoor.data_scan.neighbours import by_rows
 from clip_backdoor.registry import DATA_DETECTORS
 
 
 class IsolationForestSpec(DetectorSpec):
     trees: int = Field(100, ge=1, description="scikit-learn's n_estimators")
     samples: int = Field(256, ge=2, description="points per tree (scikit-learn's max_samples)")
+    fit_on: int = Field(
+        10_000,
+        ge=2,
+        description="pairs the trees draw their samples from (a seeded sample of the mix; all "
+        "when fewer): each tree sees only `samples` of them, and scikit-learn's fit keeps "
+        "per-point arrays of whatever it is given",
+    )
 
 
 @DATA_DETECTORS.register("isolation_forest")
@@ -29,4 +37,9 @@ class IsolationForest(PairDetector):
             max_samples=min(self.spec.samples, len(pairs)),
             random_state=self.seed,
         )
-        return -forest.fit(pairs.images).score_samples(pairs.images)
+        fit = pairs.images
+        if len(fit) > self.spec.fit_on:
+            rng = np.random.default_rng(self.seed)
+            fit = fit[np.sort(rng.choice(len(fit), self.spec.fit_on, replace=False))]
+        forest.fit(fit)
+        return by_rows(len(pairs), lambda rows: -forest.score_samples(pairs.images[rows]))

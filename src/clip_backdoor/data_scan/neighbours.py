@@ -9,7 +9,7 @@ grows linearly with N; a point is never its own neighbour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
@@ -17,6 +17,7 @@ from sklearn.neighbors import NearestNeighbors
 from clip_backdoor.errors import ConfigError
 
 EPS = 1e-12
+ROWS = 8192  # rows per block of the per-point scores
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Neighbourhood:
     distances: np.ndarray  # (M, k)
     indices: np.ndarray  # (M, k)
     pairs: int
+    _lid: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(
@@ -64,6 +66,19 @@ class Neighbourhood:
     @property
     def lid(self) -> np.ndarray:
         """Levina-Bickel maximum-likelihood local intrinsic dimensionality of every point."""
-        ratios = np.maximum(self.distances, EPS) / self.k_distance[:, None]
-        mean_log = np.log(ratios[:, :-1]).sum(axis=1) / self.distances.shape[1]
-        return -1.0 / np.minimum(mean_log, -EPS)
+        if self._lid is None:
+            kdist = self.k_distance
+
+            def block(rows: slice) -> np.ndarray:
+                ratios = np.maximum(self.distances[rows, :-1], EPS) / kdist[rows, None]
+                mean_log = np.log(ratios).sum(axis=1) / self.distances.shape[1]
+                return -1.0 / np.minimum(mean_log, -EPS)
+
+            self._lid = by_rows(len(kdist), block)
+        return self._lid
+
+
+def by_rows(n: int, block, rows: int = ROWS) -> np.ndarray:
+    """``block(slice)`` over consecutive slices of ``rows`` rows, concatenated: temporaries of
+    shape (rows, k) instead of (N, k), so scratch memory stays flat in the mix size."""
+    return np.concatenate([block(slice(i, min(i + rows, n))) for i in range(0, n, rows)])

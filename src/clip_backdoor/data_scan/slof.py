@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from clip_backdoor.data_scan.base import NeighbourSpec, PairDetector, PairEmbeddings
+from clip_backdoor.data_scan.neighbours import by_rows
 from clip_backdoor.registry import DATA_DETECTORS
 
 
@@ -19,5 +20,5 @@ class SLOF(PairDetector):
     def score(self, pairs: PairEmbeddings) -> np.ndarray:
         spec = self.spec
         hood = pairs.neighbourhood(spec.k, spec.space, spec.reference, self.seed)
-        n, kdist = len(pairs), hood.k_distance
-        return (kdist[:n, None] / kdist[hood.indices[:n]]).mean(axis=1)
+        kdist = hood.k_distance
+        return by_rows(len(pairs), lambda r: (kdist[r, None] / kdist[hood.indices[r]]).mean(axis=1))
