@@ -275,3 +275,45 @@ def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_pa
     with pytest.raises(ConfigError, match="removes 480 of 480 pairs"):
         run_recipe(parse_recipe(data), progress=False)
     assert not any((tmp_path / "bad").iterdir())
+
+
+def test_scan_data_command_writes_a_triage_list_and_fails_in_one_line(tmp_path, capsys):
+    from test_poisoning import RECIPE  # noqa: F401  (the tiny attack of the tests above)
+
+    from clip_backdoor.cli import main
+    from clip_backdoor.data_scan.report import read_triage
+
+    result = scanned(tmp_path / "ok", detectors={"dao": {"k": 8}}, models=["clean"])
+    artifact = str((result.path / "artifacts" / "backdoor").resolve())
+    argv = ["scan-data", "--model", artifact, "--data", artifact, "--detectors", "dao,safeclip"]
+    assert main([*argv, "--param", "dao.k=8", "--runs-root", str(tmp_path / "cli")]) == 0
+    (run,) = (tmp_path / "cli").iterdir()
+    rows = read_triage(run / "data_scan" / "triage_model.csv")
+    assert len(rows) == 480 and set(rows[0]) >= {"dao", "safeclip", "poisoned", "caption"}
+    assert "480 pairs of backdoor, 6 poisoned" in capsys.readouterr().out
+    # a user's own pairs: no truth, a triage list all the same
+    assert (
+        main(
+            [
+                "scan-data",
+                "--model",
+                "mini-tiny",
+                "--data",
+                "synthetic",
+                "--detectors",
+                "k_distance",
+                "--runs-root",
+                str(tmp_path / "own"),
+            ]
+        )
+        == 0
+    )
+    (own,) = (tmp_path / "own").iterdir()
+    assert "poisoned" not in read_triage(own / "data_scan" / "triage_model.csv")[0]
+    # bad input: one line on stderr, exit 2, no run folder
+    assert main([*argv, "--param", "dao.k=999", "--runs-root", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fewer than k + 1 = 1000 points" in err
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    assert main([*argv, "--param", "dao", "--runs-root", str(tmp_path / "bad")]) == 2
+    assert "DETECTOR.KEY=VALUE" in capsys.readouterr().err

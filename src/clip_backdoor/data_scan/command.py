@@ -14,7 +14,7 @@ from clip_backdoor.artifacts import is_artifact
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.mix import TrainingMix, attack_mix, clean_mix
 from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
-from clip_backdoor.engine.config import TrainingSpec
+from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.errors import UserError
 from clip_backdoor.evaluation.features import FeatureCache
@@ -42,12 +42,12 @@ class DataScanRequest:
 def load_mix(data: str, model, tokenizer, seed: int, progress: bool = False) -> TrainingMix:
     if is_artifact(data):
         return attack_mix(data, model, tokenizer, progress)
-    sources = [{"name": name} for name in data.split(",")]
+    sources = [SourceSpec(name=name) for name in data.split(",")]
     pairs = pairs_for_training(
         sources,
         tokenizer,
         model.image_size,
-        TrainingSpec(augment=False),
+        TrainingSpec(epochs=1, augment=False),  # read once, as the images are
         seed,
         progress,
         pool=getattr(model, "fewshot_pool", None),
