@@ -111,3 +111,24 @@ def test_eval_on_cifar10_writes_a_run_folder(tmp_path, capsys):
     assert metrics["n"] == 2000 and 0.0 < metrics["ca"] < 0.3  # random init: near chance (0.1)
     row = f"| mini-tiny | {metrics['weights']} | cifar10 | test | 10 | 2000 |"
     assert row in capsys.readouterr().out
+
+
+def test_recipes_and_methods_import_apart():
+    """The spec helpers live below both (``config_base``): importing the recipe layer imports no
+    method module, and the method modules never import the recipe layer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import clip_backdoor.recipes\n"
+        "kinds = ('attacks', 'defenses', 'detectors', 'scanning', 'data_scan', 'prompts')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[1:2] and m.split('.')[1] in kinds]\n"
+        "assert not loaded, loaded\n"
+        "del sys.modules['clip_backdoor.recipes']\n"
+        "from clip_backdoor.methods import register_methods\n"
+        "register_methods()\n"
+        "assert 'clip_backdoor.recipes' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

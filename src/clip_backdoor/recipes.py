@@ -7,29 +7,21 @@ silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from clip_backdoor.config_base import (  # noqa: F401  (Strict, validate: re-exported)
+    ALL,
+    ModelSpec,
+    RunSpec,
+    Strict,
+    describe_validation_error,
+    read_yaml,
+    validate,
+)
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.registry import REGISTRIES
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-M = TypeVar("M", bound=Strict)
-
-
-class ModelSpec(Strict):
-    name: str = Field("mini", description="mini config, open_clip architecture, folder or file")
-    pretrained: str | None = Field(None, description="pretrained tag or weights file")
-    arch: str | None = Field(None, description="architecture of a bare weights file")
-    visual_prompts: str | None = Field(
-        None, description="a visual-prompt folder (vpt/rvpt) to run the image tower with"
-    )
 
 
 class DataSpec(Strict):
@@ -96,17 +88,6 @@ class StageSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class RunSpec(Strict):
-    """Fields every recipe kind has: what to call the run, where, with which model and seed."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    device: str = "cpu"
-    runs_root: str = "runs"
-    recipe_file: str | None = Field(None, description="set by `clip-backdoor run`: its YAML file")
-    model: ModelSpec = Field(default_factory=ModelSpec)
-
-
 class Recipe(RunSpec):
     data: list[DataSpec] = Field(
         default_factory=lambda: [DataSpec()], min_length=1, description="evaluation set(s)"
@@ -124,25 +105,7 @@ STAGE_REGISTRY = {
     "scan": "scanner",
     "data_scan": "data_detector",
 }
-SCAN_ALL = "all"  # a scan stage's method: every scanner that applies
-
-
-def describe_validation_error(
-    error: ValidationError, source: str, single: tuple[str, ...] = ()
-) -> str:
-    """One line per problem, each naming the field's dotted path.
-
-    ``single`` names list fields the user wrote as one mapping: their "0" index is dropped.
-    """
-    problems = []
-    for item in error.errors():
-        loc = list(item["loc"])
-        if len(loc) > 1 and loc[0] in single and loc[1] == 0:
-            del loc[1]
-        where = ".".join(str(part) for part in loc) or "(top level)"
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        problems.append(f"{where}: {message}")
-    return f"{source}: " + "; ".join(problems)
+SCAN_ALL = ALL  # a scan or data_scan stage's method: every method of its registry
 
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
@@ -206,30 +169,6 @@ def included_stage(stage, source: str, depth: int = 0):
                     rest["params"] = {**other.get("params", {}), **rest["params"]}
                 return {**other, **rest}
     raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")
-
-
-def read_yaml(path: str | Path) -> dict:
-    """A recipe file's mapping, or a one-line error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of fields")
-    return data
-
-
-def validate(model: type[M], data: dict, source: str, single: tuple[str, ...] = ()) -> M:
-    """Typed config from a mapping; errors name each field's dotted path."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping of fields")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, source, single)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

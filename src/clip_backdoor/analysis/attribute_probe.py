@@ -17,10 +17,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.data.web_captions import ATTRIBUTES, pixel_attributes
 from clip_backdoor.evaluation.features import iterate_batches
 from clip_backdoor.precision import autocast
-from clip_backdoor.recipes import Strict, validate
 from clip_backdoor.registry import ANALYSES
 
 

@@ -25,9 +25,9 @@ from pydantic import Field
 from tqdm import tqdm
 
 from clip_backdoor.analysis.decomposition import Centring, Decomposition, decompose
+from clip_backdoor.config_base import Strict
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import iterate_batches
-from clip_backdoor.recipes import Strict
 
 Replacement = Literal["mean", "zero"]
 Rule = Literal["dot", "distance"]

@@ -34,6 +34,7 @@ from clip_backdoor.artifacts import (
     save_trigger,
     write_folder,
 )
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.errors import DatasetError
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models.pixel_clip import PixelCLIP
@@ -48,7 +49,6 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
-from clip_backdoor.recipes import Strict, validate
 from clip_backdoor.registry import ATTACKS
 from clip_backdoor.triggers.additive import Additive, check_eps
 

@@ -21,11 +21,11 @@ from clip_backdoor.artifacts import cache_key
 from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.poisoning import build_trigger
 from clip_backdoor.attacks.specs import PRETRAINING_MIX, TriggerSpec
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.engine.config import SourceSpec
 from clip_backdoor.engine.pairs import ImageTextPairs, PairSource, train_transform
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.recipes import Strict, validate
 from clip_backdoor.registry import ATTACKS
 from clip_backdoor.triggers.fitting import as_float
 

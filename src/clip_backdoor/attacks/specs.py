@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from clip_backdoor.config_base import Strict
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
-from clip_backdoor.recipes import Strict
 
 # The pretraining mix of mini-CLIP (recipes/mini_clip_pretrain.yaml): 19,021 pairs.
 PRETRAINING_MIX = [

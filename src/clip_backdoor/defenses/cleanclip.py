@@ -18,6 +18,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from clip_backdoor.config_base import Strict
 from clip_backdoor.data.eda import eda
 from clip_backdoor.defenses.ft import FineTune
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
@@ -25,7 +26,6 @@ from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.loss import contrastive_targets, distributed_clip_loss
 from clip_backdoor.engine.pairs import ImageTextPairs, single_thread
 from clip_backdoor.models import PixelCLIP
-from clip_backdoor.recipes import Strict
 from clip_backdoor.registry import DEFENSES
 
 

@@ -25,6 +25,7 @@ from clip_backdoor.artifacts import (
     link_into,
     write_folder,
 )
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import attack_mix
@@ -34,7 +35,6 @@ from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.info_files import read_info
 from clip_backdoor.models import load_clip, save_clip
-from clip_backdoor.recipes import Strict, validate
 from clip_backdoor.registry import DEFENSES
 
 

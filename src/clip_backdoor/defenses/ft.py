@@ -11,12 +11,12 @@ import shutil
 
 from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
 from clip_backdoor.attacks.specs import FineTuneSpec
+from clip_backdoor.config_base import validate
 from clip_backdoor.engine.checkpoint import CHECKPOINT
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models import load_clip, save_clip
-from clip_backdoor.recipes import validate
 from clip_backdoor.registry import DEFENSES
 
 

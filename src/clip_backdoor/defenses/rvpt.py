@@ -20,6 +20,7 @@ from pydantic import Field
 
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import resolve_templates
 from clip_backdoor.evaluation.features import model_fingerprint
@@ -39,7 +40,6 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
-from clip_backdoor.recipes import Strict, validate
 from clip_backdoor.registry import DEFENSES
 
 

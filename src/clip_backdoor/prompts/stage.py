@@ -12,12 +12,12 @@ from pathlib import Path
 from pydantic import Field
 
 from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.prompts import get, is_prompt_folder, load_prompts, save_prompts
 from clip_backdoor.prompts.base import Position
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import PromptTrainingSpec, train_prompts
-from clip_backdoor.recipes import Strict, validate
 
 
 class PromptStageSpec(Strict):

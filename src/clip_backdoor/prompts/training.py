@@ -20,9 +20,9 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from clip_backdoor import precision as precision_mod
+from clip_backdoor.config_base import Strict
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts.base import PromptLearner
-from clip_backdoor.recipes import Strict
 
 
 class PromptTrainingSpec(Strict):

@@ -17,9 +17,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.models.pixel_clip import PixelCLIP
-from clip_backdoor.recipes import Strict, validate
 
 Verdict = Literal["backdoored", "clean", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("backdoored", "clean", "inconclusive")

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from clip_backdoor.artifacts import cache_key, cache_root
+from clip_backdoor.config_base import ALL as SCAN_ALL
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.recipes import SCAN_ALL
 from clip_backdoor.registry import SCANNERS
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
 from clip_backdoor.scanning.subject import check_reference
