@@ -235,7 +235,7 @@ def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_pa
     # the summary: one detection row, one cleaning row beside the attacked point
     import csv
 
-    from clip_backdoor.results import write_summary
+    from clip_backdoor.reports.summary import write_summary
 
     text = write_summary("data_scan", [str(result.path)], tmp_path / "results")
     with (tmp_path / "results" / "data_scan.csv").open() as handle:

@@ -149,7 +149,7 @@ def test_a_whole_recipe_included_with_another_model(tmp_path, monkeypatch):
 
 
 def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
-    from clip_backdoor.ablation_results import ablation_rows, write_ablations
+    from clip_backdoor.reports.ablation import ablation_rows, write_ablations
 
     def stage(label, shots):
         params = {"train": {"name": "caltech101", "shots": shots}, "alpha": 2.0}

@@ -151,7 +151,7 @@ def test_detectors_and_decomp_rep_on_a_tiny_poisoned_model(tmp_path):
     assert (run / "figures" / "roc.png").is_file()
     assert (run / "figures" / "infected_decomp_det.png").is_file()
 
-    from clip_backdoor.results import write_summary
+    from clip_backdoor.reports.summary import write_summary
 
     out = tmp_path / "results"
     text = write_summary("decomposition", [str(run)], out)

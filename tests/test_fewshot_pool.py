@@ -189,7 +189,7 @@ def test_attribute_probes_read_attributes_that_the_features_hold():
 
 
 def test_measuring_rows_give_each_method_its_gain_over_zero_shot():
-    from clip_backdoor.measuring_results import _bar, measuring_rows
+    from clip_backdoor.reports.measuring import _bar, measuring_rows
 
     points = [
         {"point": "clean", "kind": "clean", "data": "caltech101:base", "classes": 50, "ca": 0.5},

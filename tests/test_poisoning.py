@@ -132,7 +132,8 @@ def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_p
     assert second.metrics["points"][1]["asr"] == attacked["asr"]
 
     # the summary table is written from the run folder, with the columns the issue names
-    from clip_backdoor.results import POISONING_COLUMNS, write_summary
+    from clip_backdoor.reports.poisoning import POISONING_COLUMNS
+    from clip_backdoor.reports.summary import write_summary
 
     text = write_summary("poisoning", [str(result.path)], tmp_path / "results")
     lines = (tmp_path / "results" / "poisoning.csv").read_text().splitlines()
@@ -194,7 +195,7 @@ def test_artifact_with_a_broken_trigger_file_is_refused(tmp_path):
 
 
 def test_summary_verdicts_and_liang_headline():
-    from clip_backdoor.results import headline_checks, verdict
+    from clip_backdoor.reports.poisoning import headline_checks, verdict
 
     def row(trigger, seed, asr, ca, after):
         return {"model": "mini-clip", "trigger": trigger, "seed": seed, "asr": asr} | {

@@ -241,8 +241,8 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
     metrics = json.loads((run / "metrics.json").read_text())["evaluation"]
     assert metrics["asr"] > 0.1 and "asr_n" in metrics
 
-    from clip_backdoor.bai_results import BAI_COLUMNS
-    from clip_backdoor.results import write_summary
+    from clip_backdoor.reports.bai import BAI_COLUMNS
+    from clip_backdoor.reports.summary import write_summary
 
     text = write_summary("bai", [str(result.path)], tmp_path / "results")
     lines = (tmp_path / "results" / "bai.csv").read_text().splitlines()
@@ -255,7 +255,7 @@ def test_base_to_novel_run_backdoors_unseen_classes_and_evaluates_from_its_folde
 
 
 def test_bai_rows_name_an_attack_off_the_papers_eps_or_epochs():
-    from clip_backdoor.bai_results import _method
+    from clip_backdoor.reports.bai import _method
 
     stages = [
         {"method": "badclip", "label": "paper", "params": {"eps": 4 / 255}},

@@ -203,7 +203,7 @@ def test_block_class_tokens_read_every_block_and_end_at_the_last_cls_token():
 def test_defense_verdicts_judge_every_rvpt_variant_against_the_bar_and_vpt():
     import math
 
-    from clip_backdoor.defense_results import verdicts
+    from clip_backdoor.reports.defenses import verdicts
 
     def row(defense, ca, asr):
         return {

@@ -229,8 +229,8 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     assert (result.path / "scans" / "target_search" / "scan.json").is_file()
 
     # the zoo table reads the truth from the run and the true patch from the artifact
-    from clip_backdoor.results import write_summary
-    from clip_backdoor.scanning.results import SCAN_COLUMNS
+    from clip_backdoor.reports.scan import SCAN_COLUMNS
+    from clip_backdoor.reports.summary import write_summary
 
     text = write_summary("scan", [str(result.path)], tmp_path / "results")
     lines = (tmp_path / "results" / "scan.csv").read_text().splitlines()
@@ -310,7 +310,7 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
 
 
 def test_calibration_on_clean_references_is_leave_one_out():
-    from clip_backdoor.scanning.results import auroc, calibrate
+    from clip_backdoor.reports.scan import auroc, calibrate
 
     def row(model, truth, score, scanner="decree"):
         return {

@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from clip_backdoor.results import write_summary
+    from clip_backdoor.reports.summary import write_summary
 
     print(write_summary(args.table, args.runs, args.out, fresh=args.fresh))
     return 0

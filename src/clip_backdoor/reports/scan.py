@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
 
 SCAN_COLUMNS = ["model", "kind", "truth", "attack", "asr", "scanner", "score", "verdict"]
 SCAN_COLUMNS += ["target_true", "target_found", "seconds", "seed", "mask_on_trigger"]
@@ -344,3 +344,6 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
     )
     (out / "scan.md").write_text(text)
     return text
+
+
+TABLE = Table("scan", scan_rows, write_scan)

@@ -8,10 +8,16 @@ beside the attacked point it repairs.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.common import (
+    Table,
+    config_model,
+    markdown_table,
+    pct,
+    provenance,
+    write_csv,
+)
 
 DATA_SCAN_COLUMNS = ["attack", "model", "detector", "auroc", "tpr_at_1fpr", "tpr_at_5fpr"]
 DATA_SCAN_COLUMNS += ["precision_at_k", "pairs", "poisoned", "seed", "base"]
@@ -27,10 +33,6 @@ def _attack(config: dict) -> str:
             trigger = stage.get("params", {}).get("trigger", {})
             return str(trigger.get("name", stage["method"]) if isinstance(trigger, dict) else "?")
     return "none"
-
-
-def _pct(value) -> float:
-    return math.nan if value is None else 100 * float(value)
 
 
 def data_scan_rows(metrics: dict, config: dict) -> list[dict]:
@@ -72,10 +74,10 @@ def data_scan_rows(metrics: dict, config: dict) -> list[dict]:
                 "removed": info["removed"],
                 "poisoned_removed": info["poisoned_removed"],
                 "poisoned": info["poisoned"],
-                "ca": _pct(point["ca"]),
-                "asr": _pct(point.get("asr")),
-                "ca_attacked": _pct(attacked["ca"]),
-                "asr_attacked": _pct(attacked.get("asr")),
+                "ca": pct(point["ca"]),
+                "asr": pct(point.get("asr")),
+                "ca_attacked": pct(attacked["ca"]),
+                "asr_attacked": pct(attacked.get("asr")),
                 "embedding": stage.get("params", {}).get("embedding", "attacked"),
                 "seed": seed,
                 "base": base,
@@ -162,3 +164,6 @@ def write_data_scan(rows: list[dict], sources: list[str], out: Path, ledger_name
     text += provenance("data_scan", ledger_name, sources)
     (out / "data_scan.md").write_text(text)
     return text
+
+
+TABLE = Table("data_scan", lambda m, c, _: data_scan_rows(m, c), write_data_scan)

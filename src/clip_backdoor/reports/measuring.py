@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
 
 MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
 MEASURING_COLUMNS += ["seed"]
@@ -137,3 +137,6 @@ def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name
     text += provenance("measuring", ledger_name, sources)
     (out / "measuring.md").write_text(text)
     return text
+
+
+TABLE = Table("measuring", lambda m, c, _: measuring_rows(m, c), write_measuring)

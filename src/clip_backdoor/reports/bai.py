@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table, provenance
+from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance
 
 BAI_COLUMNS = ["model", "protocol", "source", "eval_set", "classes", "method", "acc", "asr", "seed"]
 PAPER_EPS, PAPER_JOINT_EPOCHS = 4 / 255, 10
@@ -141,3 +141,17 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
     text += provenance("bai", ledger_name, sources)
     (out / "bai.md").write_text(text)
     return text
+
+
+def quality_note(metrics: dict) -> str:
+    """The trigger's PSNR/SSIM beside a run's provenance (the table has no column for it)."""
+    quality = metrics.get("quality")
+    if not quality:
+        return ""
+    return (
+        f"; trigger of its last stage: PSNR {quality['psnr']:.2f} dB, SSIM "
+        f"{quality['ssim']:.4f} ({quality.get('quality_n', '?')} test images)"
+    )
+
+
+TABLE = Table("bai", lambda m, c, _: bai_rows(m, c), write_bai, quality_note)

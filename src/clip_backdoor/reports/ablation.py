@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table
+from clip_backdoor.reports.common import Table, config_model, markdown_table
 
 ABLATION_COLUMNS = ["model", "ablation", "defense", "parameter", "value", "ca", "asr", "seed"]
 
@@ -131,3 +131,6 @@ def write_ablations(rows: list[dict], sources: list[str], out: Path, ledger_name
         stem.with_suffix(".md").write_text(text)
         texts.append(text)
     return "\n".join(texts)
+
+
+TABLE = Table("ablation", lambda m, c, _: ablation_rows(m, c), write_ablations)

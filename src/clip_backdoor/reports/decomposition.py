@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
-from clip_backdoor.defense_results import attack_label
-from clip_backdoor.runs import config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.defenses import attack_label
 
 DETECTION_COLUMNS = ["model", "attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
 REPAIR_COLUMNS = ["model", "attack", "defense", "ca", "asr", "seed"]
@@ -213,3 +213,10 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
     )
     (out / "decomposition.md").write_text(text)
     return text
+
+
+TABLE = Table(
+    "decomposition",
+    lambda metrics, config, folder: decomposition_rows(metrics, config, lambda name, _c: name),
+    write_decomposition,
+)

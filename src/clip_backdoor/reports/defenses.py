@@ -11,14 +11,10 @@ import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.runs import config_model, markdown_table, provenance
+from clip_backdoor.reports.common import Table, config_model, markdown_table, pct, provenance
 
 DEFENSE_COLUMNS = ["model", "attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
 ASR_BAR, CA_DROP_BAR = 5.0, 2.0  # the bar for RVPT
-
-
-def _pct(value) -> float:
-    return math.nan if value is None else 100 * float(value)
 
 
 def attack_label(config: dict, label_of) -> str:
@@ -41,9 +37,9 @@ def defense_rows(metrics: dict, config: dict, label_of) -> list[dict]:
             {
                 "attack": attack,
                 "defense": "none" if point["kind"] == "attack" else point["point"],
-                "ca": _pct(point["ca"]),
-                "asr": _pct(point.get("asr")),
-                "asr_all": _pct(point.get("asr_all")),
+                "ca": pct(point["ca"]),
+                "asr": pct(point.get("asr")),
+                "asr_all": pct(point.get("asr_all")),
                 "pr": point.get("pr", math.nan),
                 "pr_trigger": point.get("pr_all", {}).get("trigger", math.nan),
                 "seed": config.get("seed"),
@@ -141,3 +137,12 @@ def write_defenses(rows: list[dict], sources: list[str], out: Path, ledger_name:
     )
     (out / "defenses.md").write_text(text)
     return text
+
+
+def _rows(metrics: dict, config: dict, folder) -> list[dict]:
+    from clip_backdoor.reports.poisoning import trigger_label
+
+    return defense_rows(metrics, config, trigger_label)
+
+
+TABLE = Table("defenses", _rows, write_defenses)

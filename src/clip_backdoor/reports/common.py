@@ -1,0 +1,44 @@
+"""What every summary table shares: reading a run folder, percentages, and the table protocol.
+
+A table is one small module of ``reports`` with a ``TABLE``: how to turn one run folder into
+rows, and how to write ``results/<name>.md`` / ``.csv`` from the rows of every recorded run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.runs import (  # noqa: F401  (the tables' shared writers)
+    config_model,
+    markdown_table,
+    provenance,
+    write_csv,
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    rows: Callable[[dict, dict, Path], list[dict]]  # (metrics, config, run folder) -> rows
+    write: Callable[[list[dict], list[str], Path, str], str]  # (rows, sources, out, ledger)
+    source_note: Callable[[dict], str] | None = None  # more provenance from a run's metrics
+
+
+def read_run(folder: Path) -> tuple[dict, dict]:
+    """(metrics, config) of a finished run folder, or a one-line error."""
+    metrics_file, config_file = folder / "metrics.json", folder / "config.yaml"
+    if not metrics_file.is_file() or not config_file.is_file():
+        raise UserError(f"{folder} is not a finished run folder (no metrics.json/config.yaml)")
+    return json.loads(metrics_file.read_text()), yaml.safe_load(config_file.read_text())
+
+
+def pct(value) -> float:
+    """A rate as a percentage (NaN where it was not measured)."""
+    return math.nan if value is None else 100 * float(value)

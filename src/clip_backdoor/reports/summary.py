@@ -1,0 +1,96 @@
+"""Summary tables in ``results/``, written from run folders (never typed in by hand).
+
+Each table names the recipes and the commits that produced its rows, so anyone can re-run them.
+Run folders are git-ignored and die with the machine, so every summarised run also leaves a
+record (its rows and where they came from) in ``results/<table>_runs.json``: a later call adds or
+replaces runs in that ledger and rewrites the table from all of it, so rows measured in earlier
+sessions are kept without their folders. ``--fresh`` starts the ledger over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.reports.common import Table, read_run
+
+
+def tables() -> dict[str, Table]:
+    """Every summary table, by name: one small module of ``reports`` each."""
+    from clip_backdoor.reports import (
+        ablation,
+        bai,
+        data_scan,
+        decomposition,
+        defenses,
+        measuring,
+        poisoning,
+        scan,
+    )
+
+    modules = (poisoning, bai, defenses, ablation, decomposition, measuring, scan, data_scan)
+    return {m.TABLE.name: m.TABLE for m in modules}
+
+
+TABLES = (
+    "poisoning",
+    "bai",
+    "defenses",
+    "ablation",
+    "decomposition",
+    "measuring",
+    "scan",
+    "data_scan",
+)
+
+
+def run_record(table: str, folder: Path) -> dict:
+    """What a summary keeps of one run folder: its rows and the line naming its provenance."""
+    metrics, config = read_run(folder)
+    spec = tables()[table]
+    rows = spec.rows(metrics, config, folder)
+    versions = config.get("versions", {})
+    source = (
+        f"- `{folder.name}`: recipe `{config.get('recipe_file') or config.get('name')}`, "
+        f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
+        f"{versions.get('cpu', '?')}"
+    )
+    if spec.source_note is not None:
+        source += spec.source_note(metrics)
+    return {"run": folder.name, "source": source, "rows": rows}
+
+
+def ledger_path(table: str, out: Path) -> Path:
+    return out / f"{table}_runs.json"
+
+
+def read_ledger(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    try:
+        records = {record["run"]: record for record in json.loads(path.read_text())}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a run ledger ({e}); remove it or pass --fresh") from None
+    for record in records.values():  # ledgers older than the model column hold v1 runs only
+        for row in record["rows"]:
+            row.setdefault("model", "mini-clip")
+    return records
+
+
+def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = False) -> str:
+    if table not in TABLES:
+        raise UserError(f"unknown summary table '{table}' (known: {', '.join(TABLES)})")
+    out = Path(out)
+    ledger = {} if fresh else read_ledger(ledger_path(table, out))
+    new = [run_record(table, Path(run)) for run in runs]  # read all before writing anything
+    ledger.update({record["run"]: record for record in new})
+    if not ledger:
+        raise UserError(f"no runs to summarise: give run folders (none recorded in {out})")
+    records = [ledger[name] for name in sorted(ledger)]
+    rows = [row for record in records for row in record["rows"]]
+    sources = [record["source"] for record in records]
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_file = ledger_path(table, out)
+    ledger_file.write_text(json.dumps(records, indent=1) + "\n")
+    return tables()[table].write(rows, sources, out, ledger_file.name)
