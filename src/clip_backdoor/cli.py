@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from clip_backdoor.errors import UserError
 
@@ -54,9 +55,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from clip_backdoor.recipes import load_recipe
+    from clip_backdoor.matrix.spec import is_matrix
+    from clip_backdoor.recipes import load_recipe, read_yaml
     from clip_backdoor.runner import run_recipe
 
+    data = read_yaml(args.recipe)
+    if is_matrix(data):
+        return _run_matrix(args, data)
+    if args.launcher:
+        raise UserError("--launcher applies to matrix recipes (kind: matrix) only")
     recipe = load_recipe(args.recipe)
     if args.runs_root:
         recipe.runs_root = args.runs_root
@@ -66,6 +73,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe, progress=sys.stderr.isatty())
     print(result.table)
     print(f"run folder: {result.path}")
+    return 0
+
+
+def _run_matrix(args: argparse.Namespace, data: dict) -> int:
+    from clip_backdoor.matrix.launch import run_matrix
+    from clip_backdoor.matrix.spec import parse_matrix
+
+    matrix = parse_matrix(data, str(args.recipe))
+    if args.runs_root:
+        matrix.runs_root = args.runs_root
+    if args.seed is not None:
+        matrix.matrix.seeds = [args.seed]
+    folders = run_matrix(matrix, str(args.recipe), args.launcher, log=print)
+    print(f"cells: {len(folders)} run folders under {Path(matrix.runs_root) / matrix.name}")
     return 0
 
 
@@ -165,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a recipe (model, stages, evaluation)")
     run.add_argument("recipe", help="recipe YAML file (see recipes/)")
     run.add_argument("--runs-root", help="parent folder of the run folder (default: recipe's)")
-    run.add_argument("--seed", type=int, help="override the recipe's seed (same recipe, new seed)")
+    run.add_argument(
+        "--seed", type=int, help="override the recipe's seed (a matrix: run only this seed)"
+    )
+    run.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "submitit_local", "debug"],
+        help="matrix recipes: where cells run (default: the recipe's launcher, else local: "
+        "one after the other in this process; slurm: one job per cell through submitit)",
+    )
     run.set_defaults(func=cmd_run)
 
     res = commands.add_parser(
@@ -182,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
             "measuring",
             "scan",
             "data_scan",
+            "matrix",
         ],
         help="which summary table to write (ablation: one file set per ablation recipe; "
         "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
         "measuring.md/.csv and attribute_probe.csv, what a measuring model shows; scan: "
         "scan.md/.csv and scan_roc.png from runs with scan stages; data_scan: data_scan.md/.csv "
-        "and cleaning.csv from runs with data_scan stages and cleaning defenses)",
+        "and cleaning.csv from runs with data_scan stages and cleaning defenses; matrix: "
+        "matrix.md/.csv from a matrix's cell folders)",
     )
     res.add_argument(
         "runs",

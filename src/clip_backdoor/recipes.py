@@ -89,6 +89,9 @@ class StageSpec(Strict):
 
 
 class Recipe(RunSpec):
+    matrix_cell: dict[str, Any] | None = Field(
+        None, description="set by a matrix recipe: the cell's attack, column, kind and matrix"
+    )
     data: list[DataSpec] = Field(
         default_factory=lambda: [DataSpec()], min_length=1, description="evaluation set(s)"
     )

@@ -24,12 +24,23 @@ def tables() -> dict[str, Table]:
         data_scan,
         decomposition,
         defenses,
+        matrix,
         measuring,
         poisoning,
         scan,
     )
 
-    modules = (poisoning, bai, defenses, ablation, decomposition, measuring, scan, data_scan)
+    modules = (
+        poisoning,
+        bai,
+        defenses,
+        ablation,
+        decomposition,
+        measuring,
+        scan,
+        data_scan,
+        matrix,
+    )
     return {m.TABLE.name: m.TABLE for m in modules}
 
 
@@ -42,6 +53,7 @@ TABLES = (
     "measuring",
     "scan",
     "data_scan",
+    "matrix",
 )
 
 

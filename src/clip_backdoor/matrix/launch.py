@@ -1,0 +1,97 @@
+"""Run a matrix's missing cells: here one after the other, or one submitit job per cell.
+
+Jobs go through submitit (Slurm via its ``AutoExecutor``; ``LocalExecutor`` and
+``DebugExecutor`` run the same path without a cluster). Each job runs one cell's recipe in one
+process, as ``clip-backdoor run`` does; what it trains resumes from the engine's checkpoints in
+the cache, so a killed or timed-out cell completes when the matrix is called again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.matrix.spec import Cell, MatrixRecipe, expand
+
+
+def run_cell(recipe: dict) -> str:
+    """One cell (a job's entry point: picklable, imports inside)."""
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    return str(run_recipe(parse_recipe(recipe, f"cell {recipe['name']}"), progress=False).path)
+
+
+def executor_for(matrix: MatrixRecipe, folder: Path):
+    """The submitit executor of the recipe's launcher, with its resource requests."""
+    launcher = matrix.launcher
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            f"launcher '{launcher.kind}' needs submitit, which is not installed "
+            "(pip install submitit==1.5.4)"
+        ) from None
+    if launcher.kind == "debug":
+        return submitit.DebugExecutor(folder=str(folder))
+    if launcher.kind == "submitit_local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(
+            timeout_min=launcher.timeout_min, gpus_per_node=launcher.gpus_per_node
+        )
+        return executor
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    if executor.cluster != "slurm":
+        raise ConfigError("launcher 'slurm': no Slurm here (sbatch not found); use 'local'")
+    executor.update_parameters(
+        timeout_min=launcher.timeout_min,
+        gpus_per_node=launcher.gpus_per_node,
+        cpus_per_task=launcher.cpus_per_task,
+        mem_gb=launcher.mem_gb,
+        slurm_partition=launcher.partition,
+        slurm_array_parallelism=launcher.parallel,
+        name=matrix.name,
+    )
+    return executor
+
+
+def run_matrix(matrix: MatrixRecipe, source: str, launcher: str | None = None, log=print) -> dict:
+    """Expand, skip the finished cells, run the rest; returns {cell name: run folder}."""
+    if launcher is not None:
+        matrix = matrix.model_copy(
+            update={"launcher": matrix.launcher.model_copy(update={"kind": launcher})}
+        )
+    cells = expand(matrix, source)
+    root = Path(matrix.runs_root) / matrix.name
+    done = {c.name: c.folder(root) for c in cells}
+    missing = [c for c in cells if done[c.name] is None]
+    log(
+        f"matrix {matrix.name}: {len(cells)} cells, {len(cells) - len(missing)} done, "
+        f"{len(missing)} to run ({matrix.launcher.kind})"
+    )
+    start = time.perf_counter()
+    if matrix.launcher.kind == "local":
+        for index, cell in enumerate(missing, 1):
+            log(f"[{index}/{len(missing)}] {cell.name}")
+            done[cell.name] = Path(run_cell(cell.recipe))
+    elif missing:
+        executor = executor_for(matrix, root / "submitit")
+        jobs = _submit(executor, missing)
+        for cell, job in zip(missing, jobs, strict=True):
+            try:
+                done[cell.name] = Path(job.result())
+            except Exception as e:  # a failed job: say which cell, keep the others
+                raise UserError(
+                    f"matrix cell {cell.name} failed: {str(e).splitlines()[-1]}"
+                ) from None
+    log(f"matrix {matrix.name}: complete in {time.perf_counter() - start:.1f} s")
+    return {name: folder for name, folder in done.items()}
+
+
+def _submit(executor, cells: list[Cell]) -> list:
+    if hasattr(executor, "batch") and not type(executor).__name__.startswith("Debug"):
+        with executor.batch():
+            jobs = [executor.submit(run_cell, cell.recipe) for cell in cells]
+        return jobs
+    return [executor.submit(run_cell, cell.recipe) for cell in cells]

@@ -1,0 +1,149 @@
+"""``kind: matrix`` recipes: lists of attacks, defenses, detectors, scanners and seeds.
+
+Each cell is an ordinary recipe (the attack, then one defense, detector or scan stage) with its
+own run folder under ``<runs_root>/<matrix name>/``; the attack's artifact, the defenses' models
+and the features are cached as for any run, so cells that share an attack train it once. A
+cell is done when a folder of its name holds ``metrics.json``: a second call runs only the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from clip_backdoor.config_base import RunSpec, Strict, validate
+from clip_backdoor.errors import ConfigError
+
+NONE = "none"  # the "no defense" column: the attacked model as it is
+
+
+class MatrixAxes(Strict):
+    attacks: list[dict[str, Any]] = Field(min_length=1, description="attack stages or includes")
+    defenses: list[dict[str, Any] | Literal["none"]] = Field(
+        default_factory=lambda: [NONE], description="defense stages ('none': the attacked model)"
+    )
+    detectors: list[dict[str, Any]] = Field(default_factory=list)
+    scanners: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field([0], min_length=1)
+
+
+class LauncherSpec(Strict):
+    """Where cells run: here one after the other, or as submitit jobs."""
+
+    kind: Literal["local", "slurm", "submitit_local", "debug"] = Field(
+        "local",
+        description="local: in this process; slurm: one Slurm job per cell (submitit); "
+        "submitit_local / debug: submitit's LocalExecutor / DebugExecutor (the same path, no "
+        "cluster)",
+    )
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: int = Field(24, ge=1)
+    timeout_min: int = Field(120, ge=1, description="per cell")
+    partition: str | None = None
+    parallel: int = Field(16, ge=1, description="cells in flight at once (Slurm array limit)")
+
+
+class MatrixRecipe(RunSpec):
+    kind: Literal["matrix"]
+    data: list[dict[str, Any]] = Field(min_length=1, description="evaluation set(s), as recipes")
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    matrix: MatrixAxes
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its name and the recipe mapping it runs."""
+
+    name: str
+    attack: str
+    column: str  # the defense, detector or scanner label ('none' for the attacked model)
+    kind: str  # defense | detection | scan | none
+    seed: int
+    recipe: dict
+
+    def folder(self, root: Path) -> Path | None:
+        """Its finished run folder under ``root``, if any (the newest)."""
+        done = sorted(p for p in root.glob(f"*-{self.name}") if (p / "metrics.json").is_file())
+        return done[-1] if done else None
+
+
+def is_matrix(data: dict) -> bool:
+    return isinstance(data, dict) and data.get("kind") == "matrix"
+
+
+def parse_matrix(data: dict, source: str) -> MatrixRecipe:
+    return validate(MatrixRecipe, data, source)
+
+
+def _label(stage: dict, source: str) -> str:
+    """A stage's column name: its label, else the trigger it poisons with, else its method."""
+    from clip_backdoor.recipes import included_stage
+
+    resolved = included_stage(stage, source)
+    if stage.get("label"):
+        return str(stage["label"])
+    trigger = resolved.get("params", {}).get("trigger")
+    if isinstance(trigger, dict) and "name" in trigger:
+        return str(trigger["name"])
+    return str(resolved.get("label") or resolved.get("method") or "?")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def expand(matrix: MatrixRecipe, source: str) -> list[Cell]:
+    """Every cell, validated as a recipe before any runs (bad input: one line, nothing run)."""
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import build_stage
+
+    axes = matrix.matrix
+    base = {
+        "model": matrix.model.model_dump(),
+        "device": matrix.device,
+        "data": matrix.data,
+        "evaluation": matrix.evaluation,
+        "runs_root": str(Path(matrix.runs_root) / matrix.name),
+    }
+    columns: list[tuple[str, str, dict | None]] = []
+    for entry in axes.defenses:
+        if entry == NONE:
+            columns.append((NONE, "none", None))
+        else:
+            columns.append((_label(entry, source), "defense", {"kind": "defense", **entry}))
+    for kind, entries in (("detection", axes.detectors), ("scan", axes.scanners)):
+        for entry in entries:
+            columns.append((_label(entry, source), kind, {"kind": kind, **entry}))
+    cells, seen = [], set()
+    for attack in axes.attacks:
+        attack_label = _label(attack, source)
+        attack_stage = {"kind": "attack", **attack, "label": "attack"}
+        for column, kind, stage in columns:
+            for seed in axes.seeds:
+                name = _slug(f"{attack_label}--{column}--s{seed}")
+                if name in seen:
+                    raise ConfigError(f"{source}: two cells are both named '{name}': give labels")
+                seen.add(name)
+                stages = [attack_stage] + ([stage] if stage else [])
+                recipe = {**base, "name": name, "seed": seed, "stages": stages}
+                recipe["matrix_cell"] = {
+                    "matrix": matrix.name,
+                    "attack": attack_label,
+                    "column": column,
+                    "kind": kind,
+                }
+                recipe["recipe_file"] = source
+                parsed = parse_recipe(recipe, f"{source}: cell {name}")  # unknown methods
+                for stage_spec in parsed.stages:  # and bad params: one line, before any runs
+                    try:
+                        build_stage(stage_spec)
+                    except ConfigError as e:
+                        raise ConfigError(f"{source}: cell {name}: {e}") from None
+                cells.append(Cell(name, attack_label, column, kind, seed, recipe))
+    return cells

@@ -1,0 +1,110 @@
+"""``results/matrix.md`` / ``.csv``: the attack x defense grid (ASR with CA) and the detectors.
+
+Rows come from a matrix's cell run folders (their ``matrix_cell`` says which cell they are):
+a defense cell gives the CA and ASR after it, the ``none`` column the attacked model's, a
+detector cell its AUROC, a scan cell its verdict. The grid shows seed means.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.reports.common import (
+    Table,
+    config_model,
+    markdown_table,
+    pct,
+    provenance,
+    write_csv,
+)
+
+MATRIX_COLUMNS = ["attack", "defense", "detector", "ca", "asr", "auroc", "seed", "run"]
+MATRIX_COLUMNS += ["verdict", "model"]
+
+
+def matrix_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
+    cell = config.get("matrix_cell")
+    if not cell:
+        raise UserError(f"{folder} is not a matrix cell (no matrix_cell in its config.yaml)")
+    points = metrics.get("points", [])
+    last = points[-1] if points else {}
+    row = {
+        "attack": cell["attack"],
+        "defense": "none",
+        "detector": "-",
+        "ca": math.nan,
+        "asr": math.nan,
+        "auroc": math.nan,
+        "seed": config.get("seed"),
+        "run": folder.name,
+        "verdict": "-",
+        "model": config_model(config),
+    }
+    if cell["kind"] in ("none", "defense"):
+        row.update(defense=cell["column"], ca=pct(last.get("ca")), asr=pct(last.get("asr")))
+    elif cell["kind"] == "detection":
+        found = metrics.get(f"detection.{cell['column']}", {})
+        row.update(detector=cell["column"], auroc=found.get("auroc", math.nan))
+    else:
+        found = metrics.get(f"scan.{cell['column']}", {})
+        row.update(detector=cell["column"], verdict=found.get("verdict", "-"))
+    return [row]
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def grid(rows: list[dict], value: str, column: str) -> tuple[list[str], list[str], dict]:
+    """(attacks, columns, {(attack, column): seed mean of ``value``})."""
+    attacks = sorted({r["attack"] for r in rows if r[column] not in ("-",)})
+    columns = sorted({r[column] for r in rows if r[column] != "-"}, key=lambda c: (c != "none", c))
+    cells = {
+        (a, c): _mean([r[value] for r in rows if r["attack"] == a and r[column] == c])
+        for a in attacks
+        for c in columns
+    }
+    return attacks, columns, cells
+
+
+def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
+    rows = sorted(
+        rows, key=lambda r: (r["model"], r["attack"], r["defense"], r["detector"], str(r["seed"]))
+    )
+    write_csv(out / "matrix.csv", MATRIX_COLUMNS, rows)
+    text = "# The benchmark matrix: every attack x every defense and detector\n\n"
+    defended = [r for r in rows if r["detector"] == "-"]
+    if defended:
+        attacks, columns, asr = grid(defended, "asr", "defense")
+        _, _, ca = grid(defended, "ca", "defense")
+        body = [[a] + [_pair(asr[(a, c)], ca[(a, c)]) for c in columns] for a in attacks]
+        text += "ASR % / CA % after each defense (mean over seeds; `none`: the attacked model):\n\n"
+        text += markdown_table(["attack"] + columns, body) + "\n\n"
+    detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
+    if detected:
+        attacks, columns, auroc = grid(detected, "auroc", "detector")
+        body = [[a] + [_three(auroc[(a, c)]) for c in columns] for a in attacks]
+        text += "Input detectors, AUROC (mean over seeds):\n\n"
+        text += markdown_table(["attack"] + columns, body) + "\n\n"
+    scanned = [r for r in rows if r["verdict"] != "-"]
+    if scanned:
+        body = [[r["attack"], r["detector"], r["seed"], r["verdict"]] for r in scanned]
+        text += markdown_table(["attack", "scanner", "seed", "verdict"], body) + "\n\n"
+    text += provenance("matrix", ledger_name, sources)
+    (out / "matrix.md").write_text(text)
+    return text
+
+
+def _pair(asr: float, ca: float) -> str:
+    return "-" if math.isnan(asr) and math.isnan(ca) else f"{asr:.1f} / {ca:.1f}"
+
+
+def _three(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+TABLE = Table("matrix", matrix_rows, write_matrix)

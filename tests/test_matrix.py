@@ -1,0 +1,128 @@
+"""Matrix recipes (issue 28): cells as ordinary runs, resumable, through submitit's executors."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+from test_poisoning import RECIPE as POISON_RECIPE
+from test_poisoning import TRAINING
+
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.matrix.launch import run_matrix
+from clip_backdoor.matrix.spec import expand, parse_matrix
+from clip_backdoor.reports.summary import write_summary
+
+
+def matrix(tmp_path, **launcher) -> dict:
+    attack = copy.deepcopy(POISON_RECIPE["stages"][0])
+    attack.pop("kind")
+    ft = {
+        "method": "ft",
+        "label": "ft",
+        "params": {
+            "data": [{"name": "synthetic", "split": "train", "size": 480, "templates": "simple"}],
+            "fraction": 0.2,
+            "training": {**TRAINING, "steps": 20},
+        },
+    }
+    return {
+        "kind": "matrix",
+        "name": "tiny_matrix",
+        "model": {"name": "mini-tiny"},
+        "runs_root": str(tmp_path / "runs"),
+        "data": [{"name": "synthetic", "split": "test", "size": 240}],
+        "evaluation": {"templates": "simple", "quality": False},
+        "matrix": {
+            "attacks": [attack],
+            "defenses": ["none", ft],
+            "detectors": [{"method": "strip", "params": {"images": 40, "blends": 16}}],
+            "seeds": [0],
+        },
+        "launcher": launcher or {"kind": "local"},
+    }
+
+
+def numbers(folders: dict) -> dict:
+    import json
+
+    return {
+        name: json.loads((folder / "metrics.json").read_text())["points"][-1]["ca"]
+        for name, folder in folders.items()
+    }
+
+
+def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(tmp_path):
+    spec = parse_matrix(matrix(tmp_path), "tiny")
+    cells = expand(spec, "tiny")
+    assert [c.name for c in cells] == [
+        "badnet--none--s0",
+        "badnet--ft--s0",
+        "badnet--strip--s0",
+    ]
+    first = run_matrix(spec, "tiny", log=lambda m: None)
+    assert all((f / "metrics.json").is_file() for f in first.values())
+
+    # a second call with every cell present runs nothing
+    start = time.perf_counter()
+    again = run_matrix(spec, "tiny", log=lambda m: None)
+    assert again == first and time.perf_counter() - start < 60
+
+    # a cell killed mid-run (its folder has no metrics.json) is run again, to the same numbers
+    import shutil
+
+    before = numbers(first)
+    killed = first["badnet--ft--s0"]
+    (killed / "metrics.json").unlink()
+    redone = run_matrix(spec, "tiny", log=lambda m: None)
+    assert redone["badnet--ft--s0"] != killed
+    assert numbers(redone) == before
+    shutil.rmtree(killed)
+
+    # the summary: the grid and the detector's AUROC
+    text = write_summary("matrix", [str(f) for f in redone.values()], tmp_path / "results")
+    assert "| badnet |" in text and "strip" in text
+    import csv
+
+    with (tmp_path / "results" / "matrix.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["defense"], r["detector"]) for r in rows} == {
+        ("none", "-"),
+        ("ft", "-"),
+        ("none", "strip"),
+    }
+    strip = next(r for r in rows if r["detector"] == "strip")
+    assert 0.0 <= float(strip["auroc"]) <= 1.0
+
+
+def test_submitit_debug_executor_runs_the_same_cells(tmp_path):
+    local = run_matrix(parse_matrix(matrix(tmp_path / "a"), "tiny"), "tiny", log=lambda m: None)
+    debug_spec = parse_matrix(matrix(tmp_path / "b", kind="debug"), "tiny")
+    debug = run_matrix(debug_spec, "tiny", log=lambda m: None)
+    assert numbers(debug) == numbers(local)
+    assert (tmp_path / "b" / "runs" / "tiny_matrix" / "submitit").is_dir()
+
+
+def test_bad_matrix_input_is_one_line(tmp_path, monkeypatch):
+    data = matrix(tmp_path)
+    data["matrix"]["defenses"] = ["none", {"method": "ftt"}]
+    with pytest.raises(ConfigError, match="cell badnet--ftt--s0.*unknown defense 'ftt'"):
+        expand(parse_matrix(data, "tiny"), "tiny")
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="matrix.attacks"):
+        parse_matrix({**matrix(tmp_path), "matrix": {"attacks": []}}, "tiny")
+
+    import builtins
+
+    real = builtins.__import__
+
+    def no_submitit(name, *args, **kwargs):
+        if name == "submitit":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    spec = parse_matrix(matrix(tmp_path, kind="slurm"), "tiny")
+    with pytest.raises(ConfigError, match="needs submitit, which is not installed"):
+        run_matrix(spec, "tiny", log=lambda m: None)
