@@ -162,6 +162,14 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from clip_backdoor.reports.html import write_report
+
+    page = write_report(args.runs, args.out)
+    print(f"report: {page} (open it in a browser; self-contained)")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from clip_backdoor.methods import register_methods
     from clip_backdoor.models import MINI_CONFIGS
@@ -354,6 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--device", default="cpu")
     sd.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     sd.set_defaults(func=cmd_scan_data)
+
+    rep = commands.add_parser(
+        "report",
+        help="one self-contained HTML page from run folders (grid, papers' tables, figures)",
+        description="Build report/index.html from run folders: the attack x defense grid as a "
+        "heat map of ASR with CA beside it, one section per paper with its table, the "
+        "detectors' ROC curves and every trigger rendered. Inline CSS, figures embedded: no "
+        "server, no network. Every number links to its run folder and names its recipe, "
+        "commit, seed and machine.",
+    )
+    rep.add_argument("runs", nargs="+", help="run folders (e.g. runs/matrix_mini/*)")
+    rep.add_argument("-o", "--out", default="report", help="output folder (default: report)")
+    rep.set_defaults(func=cmd_report)
 
     lst = commands.add_parser("list", help="list mini models and registered methods")
     lst.set_defaults(func=cmd_list)

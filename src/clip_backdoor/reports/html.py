@@ -1,0 +1,216 @@
+"""``clip-backdoor report RUNS... -o report/``: one self-contained HTML page from run folders.
+
+The page (Jinja2 template ``templates/report.html.j2``; inline CSS, figures embedded as data
+URIs, no server, no network) holds: the attack x defense grid as a heat map of ASR with CA
+beside it; one section per paper with its table as ``results/`` lays it out (the same report
+modules write both); the detectors' ROC curves; every trigger rendered. Every number links to
+the run folder it came from and names its recipe, commit, seed and machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.reports.common import read_run
+
+PAPERS = [  # (section, table module, what it shows)
+    ("Liang et al.: poisoning and the dual-embedding patch", "poisoning"),
+    ("Xu et al. (RVPT) and the fine-tuning defenses", "defenses"),
+    ("He et al.: decomposition, Decomp-Rep and Decomp-Det", "decomposition"),
+    ("Bai et al.: the trigger-aware prompt attack", "bai"),
+    ("Model scan", "scan"),
+    ("Training-data scan", "data_scan"),
+]
+
+
+@dataclass
+class Source:
+    """Where a number came from: shown on hover, linked to its run folder."""
+
+    run: str
+    href: str
+    recipe: str
+    commit: str
+    seed: object
+    machine: str
+
+    @property
+    def title(self) -> str:
+        return (
+            f"run {self.run} | recipe {self.recipe} | commit {self.commit} | seed {self.seed} | "
+            f"{self.machine}"
+        )
+
+
+@dataclass
+class Run:
+    folder: Path
+    metrics: dict
+    config: dict
+    source: Source
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def load_runs(folders: list[str], out: Path) -> list[Run]:
+    """Every folder a finished run folder, or a one-line error naming the first that is not."""
+    runs = []
+    for name in folders:
+        folder = Path(name)
+        metrics, config = read_run(folder)
+        versions = config.get("versions", {})
+        href = Path(_relative(folder.resolve(), out.resolve())).as_posix()
+        source = Source(
+            folder.name,
+            href,
+            str(config.get("recipe_file") or config.get("name")),
+            str(versions.get("commit", "?")),
+            config.get("seed"),
+            str(versions.get("cpu", "?")),
+        )
+        figures = {p.stem: p for p in sorted((folder / "figures").glob("*.png"))}
+        runs.append(Run(folder, metrics, config, source, figures))
+    if not runs:
+        raise UserError("no run folders given to report on")
+    return runs
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def heat(asr: float) -> str:
+    """Background of an ASR cell: white (0%) to red (100%), grey where not measured."""
+    if asr is None or math.isnan(asr):
+        return "#eeeeee"
+    level = max(0.0, min(1.0, asr / 100))
+    return f"rgb(255,{round(255 - 175 * level)},{round(255 - 195 * level)})"
+
+
+def grid(runs: list[Run]) -> dict:
+    """Attack x defense cells of ASR and CA (seed means), each with the runs behind it."""
+    from clip_backdoor.reports.defenses import attack_label
+    from clip_backdoor.reports.poisoning import trigger_label
+
+    cells: dict[tuple[str, str], list[tuple[float, float, Source]]] = {}
+    for run in runs:
+        cell = run.config.get("matrix_cell")
+        points = [p for p in run.metrics.get("points", []) if p["kind"] in ("attack", "defense")]
+        if cell and cell["kind"] in ("none", "defense") and points:
+            last = points[-1]
+            key = (cell["attack"], cell["column"])
+            cells.setdefault(key, []).append((_pct(last.get("asr")), _pct(last["ca"]), run.source))
+            continue
+        if cell or not points:
+            continue
+        attack = attack_label(run.config, trigger_label)
+        for point in points:
+            defense = "none" if point["kind"] == "attack" else point["point"]
+            entry = (_pct(point.get("asr")), _pct(point["ca"]), run.source)
+            cells.setdefault((attack, defense), []).append(entry)
+    attacks = sorted({a for a, _ in cells})
+    defenses = sorted({d for _, d in cells}, key=lambda d: (d != "none", d))
+    table = []
+    for attack in attacks:
+        row = []
+        for defense in defenses:
+            entries = cells.get((attack, defense), [])
+            if not entries:
+                row.append(None)
+                continue
+            asr = _mean([e[0] for e in entries])
+            ca = _mean([e[1] for e in entries])
+            row.append(
+                {"asr": asr, "ca": ca, "colour": heat(asr), "sources": [e[2] for e in entries]}
+            )
+        table.append({"attack": attack, "cells": row})
+    return {"defenses": defenses, "rows": table}
+
+
+def _pct(value) -> float:
+    return math.nan if value is None else 100 * float(value)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def paper_tables(runs: list[Run]) -> list[dict]:
+    """Each paper's table from the runs it applies to, with the run behind every row."""
+    from clip_backdoor.reports.summary import tables
+
+    known = tables()
+    sections = []
+    for title, name in PAPERS:
+        rows = []
+        for run in runs:
+            try:
+                found = known[name].rows(run.metrics, run.config, run.folder)
+            except (UserError, KeyError, TypeError, ValueError, IndexError):
+                continue  # the table does not apply to this run
+            rows += [(row, run.source) for row in found if isinstance(row, dict)]
+        if rows:
+            columns = [c for c in rows[0][0] if not isinstance(rows[0][0][c], dict | list)]
+            body = [
+                {"cells": [_cell(row.get(c)) for c in columns], "source": source}
+                for row, source in rows
+            ]
+            sections.append({"title": title, "name": name, "columns": columns, "rows": body})
+    return sections
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def figures(runs: list[Run], prefix: str) -> list[dict]:
+    """Figures of the runs whose name starts with ``prefix``, embedded, with their run."""
+    found = []
+    for run in runs:
+        for stem, path in run.figures.items():
+            if stem.startswith(prefix):
+                found.append({"name": stem, "uri": data_uri(path), "source": run.source})
+    return found
+
+
+def write_report(folders: list[str], out: str | Path) -> Path:
+    out = Path(out)
+    runs = load_runs(folders, out)  # every input checked before anything is written
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("clip_backdoor.reports", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    triggers, seen = [], set()
+    for figure in figures(runs, "trigger_"):
+        if figure["name"] not in seen:  # one picture per trigger
+            seen.add(figure["name"])
+            triggers.append(figure)
+    page = environment.get_template("report.html.j2").render(
+        grid=grid(runs),
+        papers=paper_tables(runs),
+        rocs=figures(runs, "roc") + figures(runs, "data_scan_roc") + figures(runs, "scan_roc"),
+        triggers=triggers,
+        runs=[r.source for r in runs],
+        fmt=_cell,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "index.html"
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(page)
+    tmp.replace(target)
+    return target

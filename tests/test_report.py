@@ -1,0 +1,98 @@
+"""The HTML report (issue 28): sections, embedded figures, provenance links, headless render."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_poisoning import RECIPE as POISON_RECIPE
+from test_poisoning import TRAINING
+
+from clip_backdoor.errors import UserError
+from clip_backdoor.recipes import parse_recipe
+from clip_backdoor.reports.html import write_report
+from clip_backdoor.runner import run_recipe
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny BadNet attack, FT after it and STRIP beside it: one run with every section."""
+    root = tmp_path_factory.mktemp("report_runs")
+    data = copy.deepcopy(POISON_RECIPE)
+    data["runs_root"] = str(root / "runs")
+    data["evaluation"]["quality"] = False
+    data["stages"] += [
+        {
+            "kind": "detection",
+            "method": "strip",
+            "evaluate": False,
+            "params": {"images": 40, "blends": 16},
+        },
+        {
+            "kind": "defense",
+            "method": "ft",
+            "label": "ft",
+            "params": {
+                "data": [
+                    {"name": "synthetic", "split": "train", "size": 480, "templates": "simple"}
+                ],
+                "fraction": 0.2,
+                "training": {**TRAINING, "steps": 20},
+            },
+        },
+    ]
+    return run_recipe(parse_recipe(data), progress=False).path
+
+
+def test_report_holds_the_grid_tables_figures_and_links(tiny_run, tmp_path):
+    page = write_report([str(tiny_run)], tmp_path / "report")
+    html = page.read_text()
+    for section in ("grid", "poisoning", "roc", "triggers", "runs"):
+        assert f'id="{section}"' in html
+    assert '<td class="name">badnet</td>' in html  # the grid's attack row
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 2  # STRIP's ROC and the trigger
+    for image in images:
+        assert base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n"
+    links = set(re.findall(r'href="([^"#]+)"', html))
+    assert links and all((page.parent / link).resolve() == tiny_run.resolve() for link in links)
+    assert "commit" in html and "seed 0" in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched from a network
+
+
+def test_report_of_folders_that_are_not_runs_is_one_line(tmp_path):
+    (tmp_path / "not_a_run").mkdir()
+    with pytest.raises(UserError, match="not_a_run is not a finished run folder"):
+        write_report([str(tmp_path / "not_a_run")], tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_renders_every_section_with_no_missing_image(tiny_run, tmp_path):
+    page = write_report([str(tiny_run)], tmp_path / "report")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    done = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    dom = done.stdout
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    broken = int(re.search(r'data-broken="(\d+)"', dom).group(1))
+    assert images >= 2 and broken == 0, (images, broken)
+    for section in ("grid", "poisoning", "roc", "triggers", "runs"):
+        assert f'id="{section}"' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,900", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert Path(shot).stat().st_size > 10_000
