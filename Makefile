@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench gpu-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/decomposition.py
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/data_scan.py
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_smoke.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

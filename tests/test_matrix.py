@@ -126,3 +126,31 @@ def test_bad_matrix_input_is_one_line(tmp_path, monkeypatch):
     spec = parse_matrix(matrix(tmp_path, kind="slurm"), "tiny")
     with pytest.raises(ConfigError, match="needs submitit, which is not installed"):
         run_matrix(spec, "tiny", log=lambda m: None)
+
+
+def test_gpu_smoke_script_runs_its_path_on_the_cpu(tmp_path):
+    """The smoke check's recipes and throughput loop on the tiny model (the path, not GPU
+    numbers), and a device mismatch stops a run loudly."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_smoke
+
+    out = tmp_path / "gpu_smoke.md"
+    argv = ["--device", "cpu", "--model", "mini-tiny", "--precision", "fp32", "--steps", "2"]
+    argv += ["--batch-size", "8", "--runs-root", str(tmp_path / "runs"), "--out", str(out)]
+    assert gpu_smoke.main(argv) == 0
+    text = out.read_text()
+    assert "| gpu_smoke_poisoning | poison, decomp_det, strip, scale_up, teco" in text
+    assert "samples/s" in text
+
+    from clip_backdoor.models import load_clip
+    from clip_backdoor.runner import check_device
+
+    model = load_clip("mini-tiny").model
+    model.register_buffer("stray", torch.zeros(1, device="meta"))
+    with pytest.raises(RuntimeError, match="device mismatch after stage x: stray is on meta"):
+        check_device(model, "cpu", "after stage x")

@@ -251,6 +251,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.stage_label = label
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
+            check_device(ctx.model, recipe.device, f"after stage {label}")
             if clean_model is not None and ctx.trigger is not None:
                 # the trigger exists only now: the clean model's ASR is the baseline to beat
                 rows = _evaluate_point(
@@ -287,6 +288,17 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
     finally:
         run.close()
     return RunResult(run.path, ctx.metrics, table)
+
+
+def check_device(model, device: str, where: str) -> None:
+    """Every parameter and buffer of the model on the run's device: a stage that leaves one
+    behind would otherwise run on, slowly or half on the CPU, until a kernel refuses."""
+    wanted = torch.device(device).type
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device.type != wanted:
+            raise RuntimeError(
+                f"device mismatch {where}: {name} is on {tensor.device}, the run on {device}"
+            )
 
 
 def build_stage(spec):
