@@ -54,7 +54,7 @@ def test_report_holds_the_grid_tables_figures_and_links(tiny_run, tmp_path):
     html = page.read_text()
     for section in ("grid", "poisoning", "roc", "triggers", "runs"):
         assert f'id="{section}"' in html
-    assert '<td class="name">badnet</td>' in html  # the grid's attack row
+    assert "· badnet</td>" in html  # the grid: one row per (model, attack)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 2  # STRIP's ROC and the trigger
     for image in images:

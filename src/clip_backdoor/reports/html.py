@@ -17,16 +17,33 @@ from pathlib import Path
 import jinja2
 
 from clip_backdoor.errors import UserError
-from clip_backdoor.reports.common import read_run
+from clip_backdoor.reports.common import config_model, read_run
 
-PAPERS = [  # (section, table module, what it shows)
-    ("Liang et al.: poisoning and the dual-embedding patch", "poisoning"),
-    ("Xu et al. (RVPT) and the fine-tuning defenses", "defenses"),
-    ("He et al.: decomposition, Decomp-Rep and Decomp-Det", "decomposition"),
-    ("Bai et al.: the trigger-aware prompt attack", "bai"),
-    ("Model scan", "scan"),
-    ("Training-data scan", "data_scan"),
+PAPERS = [  # (section, table module, the stages (kind, methods) of the runs it reports)
+    (
+        "Liang et al.: poisoning and the dual-embedding patch",
+        "poisoning",
+        ("attack", {"poison", "badencoder"}),
+    ),
+    (
+        "Xu et al. (RVPT) and the fine-tuning defenses",
+        "defenses",
+        ("defense", {"rvpt", "vpt", "cleanclip", "linear_probe", "ft"}),
+    ),
+    ("He et al.: decomposition, Decomp-Rep and Decomp-Det", "decomposition", ("detection", None)),
+    ("Bai et al.: the trigger-aware prompt attack", "bai", ("prompt", None)),
+    ("Model scan", "scan", ("scan", None)),
+    ("Training-data scan", "data_scan", ("data_scan", None)),
 ]
+
+
+def applies(config: dict, stages: tuple[str, set[str] | None]) -> bool:
+    """Whether a run has a stage of the section's kind (and one of its methods)."""
+    kind, methods = stages
+    return any(
+        s.get("kind") == kind and (methods is None or s.get("method") in methods)
+        for s in config.get("stages", [])
+    )
 
 
 @dataclass
@@ -99,22 +116,23 @@ def heat(asr: float) -> str:
 
 
 def grid(runs: list[Run]) -> dict:
-    """Attack x defense cells of ASR and CA (seed means), each with the runs behind it."""
+    """(Model, attack) x defense cells of ASR and CA (seed means), with the runs behind each."""
     from clip_backdoor.reports.defenses import attack_label
     from clip_backdoor.reports.poisoning import trigger_label
 
     cells: dict[tuple[str, str], list[tuple[float, float, Source]]] = {}
     for run in runs:
+        model = config_model(run.config)  # never a mean over two measuring models
         cell = run.config.get("matrix_cell")
         points = [p for p in run.metrics.get("points", []) if p["kind"] in ("attack", "defense")]
         if cell and cell["kind"] in ("none", "defense") and points:
             last = points[-1]
-            key = (cell["attack"], cell["column"])
+            key = (f"{model} · {cell['attack']}", cell["column"])
             cells.setdefault(key, []).append((_pct(last.get("asr")), _pct(last["ca"]), run.source))
             continue
         if cell or not points:
             continue
-        attack = attack_label(run.config, trigger_label)
+        attack = f"{model} · {attack_label(run.config, trigger_label)}"
         for point in points:
             defense = "none" if point["kind"] == "attack" else point["point"]
             entry = (_pct(point.get("asr")), _pct(point["ca"]), run.source)
@@ -153,9 +171,11 @@ def paper_tables(runs: list[Run]) -> list[dict]:
 
     known = tables()
     sections = []
-    for title, name in PAPERS:
+    for title, name, stages in PAPERS:
         rows = []
         for run in runs:
+            if not applies(run.config, stages):
+                continue
             try:
                 found = known[name].rows(run.metrics, run.config, run.folder)
             except (UserError, KeyError, TypeError, ValueError, IndexError):
