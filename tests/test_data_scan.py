@@ -103,6 +103,17 @@ def test_local_scores_see_an_outlier_beside_a_dense_cluster_that_k_distance_miss
 # -- the stage on the tiny poisoning recipe ---------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def attack_cache(tmp_path_factory):
+    """One cache for the module: its tests share the tiny attack (trained once)."""
+    return str(tmp_path_factory.mktemp("data_scan_cache"))
+
+
+@pytest.fixture
+def shared_cache(attack_cache, monkeypatch):
+    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", attack_cache)
+
+
 def scanned(tmp_path, **params):
     import copy
 
@@ -121,7 +132,7 @@ def scanned(tmp_path, **params):
     return run_recipe(parse_recipe(data), progress=False)
 
 
-def test_data_scan_stage_scores_the_attack_mix_and_writes_the_triage_list(tmp_path):
+def test_data_scan_stage_scores_the_attack_mix_and_writes_the_triage_list(shared_cache, tmp_path):
     from clip_backdoor.data_scan.report import read_triage
 
     result = scanned(tmp_path)
@@ -151,7 +162,7 @@ def test_data_scan_stage_scores_the_attack_mix_and_writes_the_triage_list(tmp_pa
     assert (result.path / "tables" / "data_scan.md").is_file()
 
 
-def test_data_scan_needs_an_attack_and_a_sound_poison_file(tmp_path):
+def test_data_scan_needs_an_attack_and_a_sound_poison_file(shared_cache, tmp_path):
     import copy
     import json
 
@@ -200,10 +211,10 @@ def test_reference_batches_keep_every_neighbour_inside_its_seeded_batch():
 # -- the cleaning defense -----------------------------------------------------------------------
 
 
-def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_path):
+def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(shared_cache, tmp_path):
     import copy
 
-    from test_poisoning import RECIPE
+    from test_poisoning import RECIPE, TRAINING
 
     from clip_backdoor.data_scan.mix import attack_mix
     from clip_backdoor.defenses.cleaning import KeptPairs, removed_pairs
@@ -223,7 +234,7 @@ def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_pa
     attack = data["stages"][0]["params"]
     del attack["ratio"]
     attack["count"] = 6
-    cut = {"detector": "dao", "count": 24}
+    cut = {"detector": "dao", "count": 24, "training": {**TRAINING, "steps": 30}}
     scan = {"kind": "data_scan", "method": "dao", "params": {"models": ["attacked"]}}
     data["stages"] += [scan, {"kind": "defense", "method": "cleaning", "params": cut}]
     result = run_recipe(parse_recipe(data), progress=False)
@@ -277,7 +288,9 @@ def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(tmp_pa
     assert not any((tmp_path / "bad").iterdir())
 
 
-def test_scan_data_command_writes_a_triage_list_and_fails_in_one_line(tmp_path, capsys):
+def test_scan_data_command_writes_a_triage_list_and_fails_in_one_line(
+    shared_cache, tmp_path, capsys
+):
     from test_poisoning import RECIPE  # noqa: F401  (the tiny attack of the tests above)
 
     from clip_backdoor.cli import main

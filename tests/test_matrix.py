@@ -15,6 +15,17 @@ from clip_backdoor.matrix.spec import expand, parse_matrix
 from clip_backdoor.reports.summary import write_summary
 
 
+@pytest.fixture(scope="module")
+def attack_cache(tmp_path_factory):
+    """One cache for the module: its matrices share the tiny attack (trained once)."""
+    return str(tmp_path_factory.mktemp("matrix_cache"))
+
+
+@pytest.fixture
+def shared_cache(attack_cache, monkeypatch):
+    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", attack_cache)
+
+
 def matrix(tmp_path, **launcher) -> dict:
     attack = copy.deepcopy(POISON_RECIPE["stages"][0])
     attack.pop("kind")
@@ -53,7 +64,7 @@ def numbers(folders: dict) -> dict:
     }
 
 
-def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(tmp_path):
+def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(shared_cache, tmp_path):
     spec = parse_matrix(matrix(tmp_path), "tiny")
     cells = expand(spec, "tiny")
     assert [c.name for c in cells] == [
@@ -96,7 +107,7 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(tmp_p
     assert 0.0 <= float(strip["auroc"]) <= 1.0
 
 
-def test_submitit_debug_executor_runs_the_same_cells(tmp_path):
+def test_submitit_debug_executor_runs_the_same_cells(shared_cache, tmp_path):
     local = run_matrix(parse_matrix(matrix(tmp_path / "a"), "tiny"), "tiny", log=lambda m: None)
     debug_spec = parse_matrix(matrix(tmp_path / "b", kind="debug"), "tiny")
     debug = run_matrix(debug_spec, "tiny", log=lambda m: None)

@@ -30,6 +30,7 @@ from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import attack_mix
 from clip_backdoor.engine.checkpoint import CHECKPOINT
+from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
@@ -52,6 +53,9 @@ class CleaningSpec(Strict):
         "issue's 1% poisoning bound, at a cost of 5% of the clean data)",
     )
     count: int | None = Field(None, gt=0, description="or: the number of pairs removed")
+    training: TrainingSpec | None = Field(
+        None, description="the retraining's settings (default: the attack's own, as it ran)"
+    )
     cache: bool = True
 
     @model_validator(mode="after")
@@ -142,7 +146,7 @@ class Cleaning:
             result = train(
                 clean,
                 KeptPairs(trained.pairs, kept),
-                mix.spec.training,
+                spec.training or mix.spec.training,
                 mix.seed,
                 partial,
                 resume=(partial / CHECKPOINT).is_file(),
