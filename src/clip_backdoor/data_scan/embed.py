@@ -28,7 +28,7 @@ def embed_mix(
     cache: FeatureCache | None = None,
     progress: bool = False,
 ) -> PairEmbeddings:
-    precision = precision_mod.resolve(precision)
+    precision = precision_mod.resolve(precision, next(model.parameters()).device)
     key = hashlib.sha1(
         "\n".join(["mix-pairs", model_fingerprint(model), mix.digest, precision]).encode()
     ).hexdigest()

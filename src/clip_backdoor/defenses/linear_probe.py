@@ -92,7 +92,7 @@ class LinearProbeDefense:
                     f"linear_probe: evaluation set {data.name} has other classes than its "
                     f"training set {shots.name} (a probe classifies its training classes only)"
                 )
-        precision = precision_mod.resolve(spec.precision)
+        precision = precision_mod.resolve(spec.precision, next(ctx.model.parameters()).device)
         pairs = torch.utils.data.TensorDataset(shots.images, shots.labels)
         features, labels = encode_images(ctx.model, pairs, precision=precision, normalize=False)
         features = features.clone()  # out of inference mode: the probe backpropagates

@@ -117,7 +117,7 @@ def tune_visual_prompts(
     prompts = VisualPrompts(tower, spec.length, spec.first, spec.blocks)
     prompted = PromptedCLIP(model, prompts)
     training = spec.training
-    precision = precision_mod.resolve(training.precision)
+    precision = precision_mod.resolve(training.precision, next(model.parameters()).device)
     views = AugmentedViews(data.images, training.views, seed)
     normalize = model.normalize
 

@@ -115,7 +115,7 @@ class Detector:
         picked = sorted(rng.choice(len(held), min(spec.images, len(held)), replace=False).tolist())
         validation = _load(IndexSubset(held, picked), spec.batch_size)
 
-        precision = precision_mod.resolve(spec.precision)
+        precision = precision_mod.resolve(spec.precision, next(ctx.model.parameters()).device)
         templates = resolve_templates(ctx.recipe.evaluation.templates)
         classifier = text_classifier(
             ctx.model, ctx.tokenizer, data.classnames, templates, precision=precision

@@ -154,7 +154,8 @@ def cached_features(
         trigger = None
     if cache is None:
         return encode_images(model, dataset, trigger, **kwargs)
-    precision = precision_mod.resolve(kwargs.get("precision", "auto"))
+    device = next(model.parameters()).device
+    precision = precision_mod.resolve(kwargs.get("precision", "auto"), device)
     key = cache_key(model, dataset, trigger, precision, kwargs.get("normalize", True))
     hit = cache.get(key)
     if hit is not None:

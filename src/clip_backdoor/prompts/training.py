@@ -186,7 +186,7 @@ def train_prompts(
     (the reference's way, kept to check the cache changes nothing and for benchmarks)."""
     model.requires_grad_(False)
     views = AugmentedViews(images, spec.views, seed)
-    precision = precision_mod.resolve(spec.precision)
+    precision = precision_mod.resolve(spec.precision, next(model.parameters()).device)
     table = view_features(model, views, precision=precision, progress=progress) if cached else None
     device = next(model.parameters()).device
     labels = labels.to(device)
