@@ -63,8 +63,14 @@ def test_shipped_recipes_validate():
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))  # v2/, scan_zoo/
     assert len(recipes) >= 3
+    from clip_backdoor.matrix.spec import expand, is_matrix, parse_matrix
+
     for path in recipes:
-        is_pretrain = "training" in yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
+        if is_matrix(data):  # every cell validated, as `run` does before any cell runs
+            assert expand(parse_matrix(data, str(path)), str(path))
+            continue
+        is_pretrain = "training" in data
         (load_pretrain_recipe if is_pretrain else load_recipe)(path)
 
 
