@@ -185,6 +185,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clip_backdoor.reports.summary import TABLES  # light: the table modules load on use
+
     parser = argparse.ArgumentParser(
         prog="clip-backdoor",
         description="Attack, defend, inspect and benchmark backdoors in CLIP models.",
@@ -210,17 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument(
         "table",
-        choices=[
-            "poisoning",
-            "bai",
-            "defenses",
-            "ablation",
-            "decomposition",
-            "measuring",
-            "scan",
-            "data_scan",
-            "matrix",
-        ],
+        choices=TABLES,
         help="which summary table to write (ablation: one file set per ablation recipe; "
         "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
         "measuring.md/.csv and attribute_probe.csv, what a measuring model shows; scan: "
