@@ -20,6 +20,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def tiny_attack_cache(tmp_path_factory) -> str:
+    """One cache for every module that runs test_poisoning's tiny attack, so it trains once per
+    session (test_poisoning itself keeps the isolated cache: it asserts the first training)."""
+    return str(tmp_path_factory.mktemp("tiny_attack_cache"))
+
+
+@pytest.fixture
+def shared_cache(tiny_attack_cache, monkeypatch) -> str:
+    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+    return tiny_attack_cache
+
+
+@pytest.fixture(scope="session")
 def tiny():
     from clip_backdoor.models import load_clip
 

@@ -103,17 +103,6 @@ def test_local_scores_see_an_outlier_beside_a_dense_cluster_that_k_distance_miss
 # -- the stage on the tiny poisoning recipe ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def attack_cache(tmp_path_factory):
-    """One cache for the module: its tests share the tiny attack (trained once)."""
-    return str(tmp_path_factory.mktemp("data_scan_cache"))
-
-
-@pytest.fixture
-def shared_cache(attack_cache, monkeypatch):
-    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", attack_cache)
-
-
 def scanned(tmp_path, **params):
     import copy
 

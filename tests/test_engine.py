@@ -16,7 +16,6 @@ import yaml
 from clip_backdoor.engine import clip_loss, contrastive_targets
 from clip_backdoor.engine.checkpoint import load_checkpoint
 from clip_backdoor.engine.config import parse_pretrain_recipe
-from clip_backdoor.engine.pretrain import pretrain
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_clip
 
@@ -150,13 +149,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-4), key
 
 
-def test_tiny_clip_learns_the_synthetic_set(tmp_path):
-    recipe = tiny_recipe(tmp_path, 300, batch_size=48, checkpoint_every=300, log_every=100)
-    recipe["data"][0]["size"] = 960
-    recipe["evaluation"] = [{"name": "synthetic", "split": "test", "size": 240}]
-    recipe["eval_templates"] = "photo"
-    result = pretrain(parse_pretrain_recipe(recipe), progress=False)
-    ca = result.metrics["synthetic/test"]["ca"]
-    # measured 0.60 on this project's machine; 0.4 (about 5x chance) leaves room for other CPUs'
-    # rounding while still failing any run that did not learn
+def test_tiny_clip_learns_the_synthetic_set(synthetic_clip):
+    """The session's synthetic CLIP is this engine's pretraining (300 steps on 960 pairs): its
+    own held-out evaluation, read from its run folder, says it learnt the set."""
+    import json
+
+    (run,) = (synthetic_clip.parent / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 300
+    ca = metrics["synthetic/test"]["ca"]
+    # measured 0.57 on this project's machine; 0.4 (about 5x chance)
+    # leaves room for other CPUs' rounding while still failing any run that did not learn
     assert ca >= 0.4, f"zero-shot CA {ca:.3f} on 12 classes (chance 0.083)"

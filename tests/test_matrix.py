@@ -15,17 +15,6 @@ from clip_backdoor.matrix.spec import expand, parse_matrix
 from clip_backdoor.reports.summary import write_summary
 
 
-@pytest.fixture(scope="module")
-def attack_cache(tmp_path_factory):
-    """One cache for the module: its matrices share the tiny attack (trained once)."""
-    return str(tmp_path_factory.mktemp("matrix_cache"))
-
-
-@pytest.fixture
-def shared_cache(attack_cache, monkeypatch):
-    monkeypatch.setenv("CLIP_BACKDOOR_CACHE", attack_cache)
-
-
 def matrix(tmp_path, **launcher) -> dict:
     attack = copy.deepcopy(POISON_RECIPE["stages"][0])
     attack.pop("kind")
@@ -79,6 +68,8 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(share
     start = time.perf_counter()
     again = run_matrix(spec, "tiny", log=lambda m: None)
     assert again == first and time.perf_counter() - start < 60
+    sliced = run_matrix(spec, "tiny", log=lambda m: None, only="*--none--*")
+    assert sliced == {"badnet--none--s0": first["badnet--none--s0"]}
 
     # a cell killed mid-run (its folder has no metrics.json) is run again, to the same numbers
     import shutil
@@ -120,6 +111,9 @@ def test_bad_matrix_input_is_one_line(tmp_path, monkeypatch):
     data["matrix"]["defenses"] = ["none", {"method": "ftt"}]
     with pytest.raises(ConfigError, match="cell badnet--ftt--s0.*unknown defense 'ftt'"):
         expand(parse_matrix(data, "tiny"), "tiny")
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="--cells 'vpt' matches none of the 3 cells"):
+        run_matrix(parse_matrix(matrix(tmp_path), "tiny"), "tiny", log=lambda m: None, only="vpt")
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="matrix.attacks"):
         parse_matrix({**matrix(tmp_path), "matrix": {"attacks": []}}, "tiny")

@@ -20,7 +20,7 @@ from clip_backdoor.runner import run_recipe
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_attack_cache):
     """A tiny BadNet attack, FT after it and STRIP beside it: one run with every section."""
     root = tmp_path_factory.mktemp("report_runs")
     data = copy.deepcopy(POISON_RECIPE)
@@ -46,7 +46,9 @@ def tiny_run(tmp_path_factory):
             },
         },
     ]
-    return run_recipe(parse_recipe(data), progress=False).path
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture runs before the autouse one
+        patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+        return run_recipe(parse_recipe(data), progress=False).path
 
 
 def test_report_holds_the_grid_tables_figures_and_links(tiny_run, tmp_path):

@@ -109,7 +109,7 @@ def defended(tmp_path, method: str, attack: bool = True, **params) -> dict:
     return run_recipe(parse_recipe(data), progress=False).metrics
 
 
-def test_rvpt_tunes_only_its_prompts_and_repels_the_frozen_features(tmp_path):
+def test_rvpt_tunes_only_its_prompts_and_repels_the_frozen_features(shared_cache, tmp_path):
     """On the tiny poisoned model RVPT moves the features away from the frozen ones (and VPT
     does not), but its BadNet backdoor survives (ASR 1.00 after either): the ASR claims are
     measured on mini-CLIP (results/defenses.md), not here."""
@@ -159,14 +159,15 @@ def test_bad_rvpt_input_is_one_line_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_fr_on_the_class_token_is_an_option_with_its_own_cache_key(tmp_path):
+def test_fr_features_and_ce_scale_are_options_with_their_own_cache_keys(tmp_path):
     from clip_backdoor.defenses.rvpt import RVPTSpec
 
     assert "feature" not in RVPTSpec().key()  # prompts tuned before the option are still found
     assert RVPTSpec(feature="cls").key()["feature"] == "cls"
+    assert "ce_scale" not in RVPTSpec().key() and RVPTSpec(ce_scale=100).key()["ce_scale"] == 100
     embedding = defended(tmp_path, "rvpt", attack=False, training={"epochs": 2})
-    for feature in ("cls", "blocks"):
-        other = defended(tmp_path, "rvpt", attack=False, feature=feature, training={"epochs": 2})
+    for option in ({"feature": "cls"}, {"feature": "blocks"}, {"ce_scale": 100.0}):
+        other = defended(tmp_path, "rvpt", attack=False, **option, training={"epochs": 2})
         assert other["defense.rvpt"]["cache_key"] != embedding["defense.rvpt"]["cache_key"]
         assert other["defense.rvpt"]["final_loss"] != embedding["defense.rvpt"]["final_loss"]
 

@@ -117,7 +117,7 @@ def _tiny_run(model, stage: dict, root):
 
 
 @pytest.fixture(scope="module")
-def tiny_zoo(synthetic_clip, tmp_path_factory):
+def tiny_zoo(synthetic_clip, tmp_path_factory, tiny_attack_cache):
     """The synthetic CLIP poisoned with an 8-px bottom-right BadNet patch towards 'red circle'
     (the demo's attack, 150 steps) and the same CLIP fine-tuned on clean pairs (60 steps):
     (backdoor artifact folder, its ASR, clean fine-tune folder)."""
@@ -134,19 +134,21 @@ def tiny_zoo(synthetic_clip, tmp_path_factory):
             "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
         },
     }
-    backdoored = _tiny_run(synthetic_clip, attack, root)
-    ft = {
-        "kind": "defense",
-        "method": "ft",
-        "params": {
-            "data": TINY_DATA,
-            "fraction": 0.5,
-            "training": {"steps": 60, "checkpoint_every": 60, **TINY_TRAINING},
-        },
-    }
-    clean = _tiny_run(synthetic_clip, ft, root)
-    folder = backdoored.path / "artifacts" / "backdoor"
-    asr = backdoored.metrics["evaluation"]["asr"]
+    with pytest.MonkeyPatch.context() as patch:  # a module fixture runs before the autouse one
+        patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+        backdoored = _tiny_run(synthetic_clip, attack, root)
+        ft = {
+            "kind": "defense",
+            "method": "ft",
+            "params": {
+                "data": TINY_DATA,
+                "fraction": 0.5,
+                "training": {"steps": 60, "checkpoint_every": 60, **TINY_TRAINING},
+            },
+        }
+        clean = _tiny_run(synthetic_clip, ft, root)
+        folder = backdoored.path / "artifacts" / "backdoor"
+        asr = backdoored.metrics["evaluation"]["asr"]
     return folder, asr, clean.path / "artifacts" / "ft"
 
 
@@ -167,7 +169,7 @@ def _scan(model: str, runs, **extra):
 
 
 def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not(
-    synthetic_clip, tiny_zoo, tmp_path
+    shared_cache, synthetic_clip, tiny_zoo, tmp_path
 ):
     """Both scanned against their public base (the synthetic CLIP) as the reference. Measured:
     the backdoored tiny CLIP (ASR ~1.0) is flagged by target_search with 'red circle' as its
@@ -197,7 +199,7 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
 
 
 def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
-    synthetic_clip, tiny_backdoor, tmp_path
+    shared_cache, synthetic_clip, tiny_backdoor, tmp_path
 ):
     from clip_backdoor.recipes import parse_recipe
     from clip_backdoor.runner import run_recipe

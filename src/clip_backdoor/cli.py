@@ -62,8 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = read_yaml(args.recipe)
     if is_matrix(data):
         return _run_matrix(args, data)
-    if args.launcher:
-        raise UserError("--launcher applies to matrix recipes (kind: matrix) only")
+    if args.launcher or args.cells:
+        raise UserError("--launcher and --cells apply to matrix recipes (kind: matrix) only")
     recipe = load_recipe(args.recipe)
     if args.runs_root:
         recipe.runs_root = args.runs_root
@@ -85,7 +85,7 @@ def _run_matrix(args: argparse.Namespace, data: dict) -> int:
         matrix.runs_root = args.runs_root
     if args.seed is not None:
         matrix.matrix.seeds = [args.seed]
-    folders = run_matrix(matrix, str(args.recipe), args.launcher, log=print)
+    folders = run_matrix(matrix, str(args.recipe), args.launcher, log=print, only=args.cells)
     print(f"cells: {len(folders)} run folders under {Path(matrix.runs_root) / matrix.name}")
     return 0
 
@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "slurm", "submitit_local", "debug"],
         help="matrix recipes: where cells run (default: the recipe's launcher, else local: "
         "one after the other in this process; slurm: one job per cell through submitit)",
+    )
+    run.add_argument(
+        "--cells",
+        metavar="PATTERN",
+        help="matrix recipes: run only the cells whose name <attack>--<column>--s<seed> "
+        "matches this shell pattern (e.g. 'badnet--*--s0'); the others are left as they are",
     )
     run.set_defaults(func=cmd_run)
 

@@ -65,13 +65,22 @@ class RVPTSpec(Strict):
         "'class-token features' either way; App. D.2 counts the repelled features)",
     )
     templates: str | list[str] = Field("photo", description="proxy captions of the classes")
+    ce_scale: float | None = Field(
+        None,
+        gt=0,
+        description="the CE's logit scale (default: the model's own exp(logit_scale); 100 is "
+        "CLIP's, where mini-CLIP's ~20 makes CE pull ~5x weaker against FR)",
+    )
     training: RVPTTrainingSpec = Field(default_factory=RVPTTrainingSpec)
     cache: bool = Field(True, description="reuse the prompts of an identical earlier run")
 
     def key(self) -> dict:
-        """The spec as cache keys see it: ``feature`` at its default is left out, so prompts
-        tuned before the option existed are still found."""
-        return self.model_dump(exclude={"feature"} if self.feature == "embedding" else None)
+        """The spec as cache keys see it: options at their defaults (``feature``, ``ce_scale``)
+        are left out, so prompts tuned before the options existed are still found."""
+        unset = {"feature"} if self.feature == "embedding" else set()
+        if self.ce_scale is None:
+            unset.add("ce_scale")
+        return self.model_dump(exclude=unset or None)
 
 
 def repulsion(features: torch.Tensor, frozen: torch.Tensor, margin: float) -> torch.Tensor:
@@ -136,7 +145,7 @@ def tune_visual_prompts(
     text = text_classifier(
         model, tokenizer, data.classnames, resolve_templates(spec.templates), precision=precision
     )
-    scale = model.logit_scale.exp().detach()
+    scale = model.logit_scale.exp().detach() if spec.ce_scale is None else spec.ce_scale
     device = next(model.parameters()).device
     labels, text = data.labels.to(device), text.to(device).clone()  # out of inference mode
 

@@ -8,6 +8,7 @@ the cache, so a killed or timed-out cell completes when the matrix is called aga
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from pathlib import Path
 
@@ -56,13 +57,29 @@ def executor_for(matrix: MatrixRecipe, folder: Path):
     return executor
 
 
-def run_matrix(matrix: MatrixRecipe, source: str, launcher: str | None = None, log=print) -> dict:
-    """Expand, skip the finished cells, run the rest; returns {cell name: run folder}."""
+def run_matrix(
+    matrix: MatrixRecipe,
+    source: str,
+    launcher: str | None = None,
+    log=print,
+    only: str | None = None,
+) -> dict:
+    """Expand, skip the finished cells, run the rest; returns {cell name: run folder}.
+
+    ``only``: a shell pattern on cell names, for a slice of a grid too big for one sitting."""
     if launcher is not None:
         matrix = matrix.model_copy(
             update={"launcher": matrix.launcher.model_copy(update={"kind": launcher})}
         )
     cells = expand(matrix, source)
+    if only is not None:
+        chosen = [c for c in cells if fnmatch.fnmatchcase(c.name, only)]
+        if not chosen:
+            raise ConfigError(
+                f"--cells '{only}' matches none of the {len(cells)} cells of {matrix.name} "
+                f"(they are named like {cells[0].name})"
+            )
+        cells = chosen
     root = Path(matrix.runs_root) / matrix.name
     done = {c.name: c.folder(root) for c in cells}
     missing = [c for c in cells if done[c.name] is None]
