@@ -43,10 +43,16 @@ def test_noise_patch_changes_one_square_of_the_scaled_size():
     assert MAIN in PERTURBATIONS and len(PERTURBATIONS) == 7
 
 
-def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp_path):
-    result = run_recipe(
-        parse_recipe(_recipe(tmp_path, synthetic_clip, [PROBE], resistivity=64)), progress=False
+def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp_path, monkeypatch):
+    import clip_backdoor.runner as runner
+
+    measured = []
+    real = runner.perturbation_resistivity
+    monkeypatch.setattr(
+        runner, "perturbation_resistivity", lambda *a, **k: measured.append(1) or real(*a, **k)
     )
+    recipe = _recipe(tmp_path, synthetic_clip, [PROBE], resistivity=64)
+    result = run_recipe(parse_recipe(recipe), progress=False)
     clean, probe = result.metrics["points"]
     # the probe reads raw features of 16 shots per class (12 classes: chance 0.08); this tiny
     # CLIP's raw features separate the classes only partly (train accuracy measured 0.67)
@@ -60,6 +66,12 @@ def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp
     assert (result.path / "figures" / "resistivity.png").is_file()
     assert (result.path / "artifacts" / "linear_probe" / "probe.safetensors").is_file()
     assert not math.isnan(clean["pr"])
+
+    # a second run takes the text classifier's PR from the feature cache, to the same numbers
+    first = len(measured)
+    again = run_recipe(parse_recipe(recipe), progress=False).metrics["points"]
+    assert len(measured) - first < first
+    assert [p["pr_all"] for p in again] == [p["pr_all"] for p in (clean, probe)]
 
 
 def test_a_probe_refuses_other_classes_and_leaves_nothing(synthetic_clip, tmp_path):

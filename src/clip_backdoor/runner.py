@@ -416,17 +416,73 @@ def _resistivity(ctx: RunContext, point: str, data, classifier, templates) -> di
     extra = {}
     if ctx.trigger is not None and not ctx.trigger.is_identity:
         extra["trigger"] = lambda images, generator: ctx.trigger.apply(images)
-    result = perturbation_resistivity(
-        ctx.model,
-        data,
-        classifier,
-        ev.resistivity,
-        ctx.recipe.seed,
-        extra,
-        precision=ev.precision,
-    )
+    key = _resistivity_key(ctx, data, classifier)
+    result = _cached_resistivity(ctx.cache, key)
+    if result is None:
+        result = perturbation_resistivity(
+            ctx.model,
+            data,
+            classifier,
+            ev.resistivity,
+            ctx.recipe.seed,
+            extra,
+            precision=ev.precision,
+        )
+        if ctx.cache is not None and key is not None:
+            ctx.cache.put(key, _resistivity_tensors(result))
     ctx.resistivity[point] = result
     return {"pr": result[MAIN]["pr"], "pr_all": {k: v["pr"] for k, v in result.items()}}
+
+
+def _resistivity_key(ctx: RunContext, data, classifier) -> str | None:
+    """PR's feature-cache key: what it measures depends on the model, the images, the class
+    text rows, the trigger and the draw; None for a prompt learner's classifier (no weights to
+    name), which is measured every time. Why cache it: a resumed or extended recipe evaluates
+    its cached points again, and PR on 1,000 images costs a minute a point where the cached
+    features make CA and ASR instant."""
+    if not isinstance(classifier, torch.Tensor):
+        return None
+    import hashlib
+
+    ev = ctx.recipe.evaluation
+    trigger = ctx.trigger.fingerprint() if ctx.trigger is not None else "clean"
+    rows = hashlib.sha1(classifier.detach().float().cpu().numpy().tobytes()).hexdigest()
+    parts = [
+        "resistivity",
+        model_fingerprint(ctx.model),
+        data.fingerprint(),
+        repr(getattr(data, "transform", None)),
+        rows,
+        trigger,
+        ev.resistivity,
+        ctx.recipe.seed,
+        ev.precision,
+    ]
+    return hashlib.sha1("\n".join(map(str, parts)).encode()).hexdigest()
+
+
+def _resistivity_tensors(result: dict) -> dict[str, torch.Tensor]:
+    """Float64, so a cached PR is the very number computed; names keep their order."""
+    tensors = {}
+    for index, (name, r) in enumerate(result.items()):
+        stats = [r["pr"], r["cos_feature"], r["cos_logit"]]
+        tensors[f"{index:03d}:{name}/stats"] = torch.tensor(stats, dtype=torch.float64)
+        tensors[f"{index:03d}:{name}/per_image"] = torch.tensor(r["per_image"], dtype=torch.float64)
+    return tensors
+
+
+def _cached_resistivity(cache: FeatureCache | None, key: str | None) -> dict | None:
+    tensors = cache.get(key) if cache is not None and key is not None else None
+    if tensors is None:
+        return None
+    result = {}
+    for entry in sorted({k.rsplit("/", 1)[0] for k in tensors}):
+        pr, cos_feature, cos_logit = tensors[f"{entry}/stats"].tolist()
+        per_image = tensors[f"{entry}/per_image"].tolist()
+        result[entry.split(":", 1)[1]] = dict(
+            pr=pr, cos_feature=cos_feature, cos_logit=cos_logit, per_image=per_image
+        )
+    return result
 
 
 def _table(run: RunDir, recipe: Recipe, ctx: RunContext, points, precision, n_templates) -> str:
