@@ -223,8 +223,13 @@ def test_defense_verdicts_judge_every_rvpt_variant_against_the_bar_and_vpt():
         row("vpt", 51.0, 60.0),
         row("rvpt", 49.0, 70.0),
         row("rvpt_blocks", 48.5, 4.0),
+        row("vpt_ce100", 52.0, 3.0),
+        row("rvpt_blocks_ce100", 49.0, 4.0),
     ]
     lines = verdicts(rows)
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "rvpt ASR 70.00" in lines[0] and "misses" in lines[0] and "(not lower)" in lines[0]
     assert "rvpt_blocks ASR 4.00" in lines[1] and "meets" in lines[1] and "(lower)" in lines[1]
+    assert "vpt ASR 60.00 (lower)" in lines[1]
+    # a variant is held against the VPT with its own CE (suffix), not plain VPT's
+    assert "; vpt_ce100 ASR 3.00 (not lower)" in lines[2]

@@ -73,6 +73,13 @@ def verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def vpt_partner(label: str, mine: dict[str, dict]) -> str | None:
+    """The VPT run an RVPT variant is held against: the one sharing its suffix (``vpt_ce100``
+    for ``rvpt_blocks_ce100``: the same CE), else plain ``vpt``."""
+    vpts = [n for n in mine if n == "vpt" or (n.startswith("vpt_") and label.endswith(n[3:]))]
+    return max(vpts, key=len) if vpts else None
+
+
 def _verdict(where: str, label: str, mine: dict[str, dict]) -> str:
     """One RVPT variant (``rvpt``, ``rvpt_blocks``...) against the bar and against VPT."""
     rvpt, none = mine[label], mine["none"]
@@ -83,9 +90,10 @@ def _verdict(where: str, label: str, mine: dict[str, dict]) -> str:
         f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
         f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
     )
-    if "vpt" in mine:
-        lower = "lower" if rvpt["asr"] < mine["vpt"]["asr"] else "not lower"
-        line += f"; VPT ASR {mine['vpt']['asr']:.2f} ({lower})"
+    vpt = vpt_partner(label, mine)
+    if vpt is not None:
+        lower = "lower" if rvpt["asr"] < mine[vpt]["asr"] else "not lower"
+        line += f"; {vpt} ASR {mine[vpt]['asr']:.2f} ({lower})"
     if not math.isnan(rvpt["pr"]) and not math.isnan(none["pr"]):
         line += f"; PR {none['pr']:.3f} -> {rvpt['pr']:.3f}"
         trigger = (none.get("pr_trigger", math.nan), rvpt.get("pr_trigger", math.nan))
