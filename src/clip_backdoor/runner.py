@@ -22,7 +22,7 @@ import torch
 
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.analysis.resistivity import MAIN, perturbation_resistivity, resistivity_figure
-from clip_backdoor.artifacts import is_artifact, link_into, load_backdoor
+from clip_backdoor.artifacts import cache_key, is_artifact, link_into, load_backdoor
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.domain_shift import domain_shift
 from clip_backdoor.data.fewshot import TargetFirst, class_part, holdout_split
@@ -447,7 +447,7 @@ def _resistivity_key(ctx: RunContext, data, classifier) -> str | None:
     ev = ctx.recipe.evaluation
     trigger = ctx.trigger.fingerprint() if ctx.trigger is not None else "clean"
     rows = hashlib.sha1(classifier.detach().float().cpu().numpy().tobytes()).hexdigest()
-    parts = [
+    return cache_key(
         "resistivity",
         model_fingerprint(ctx.model),
         data.fingerprint(),
@@ -457,8 +457,7 @@ def _resistivity_key(ctx: RunContext, data, classifier) -> str | None:
         ev.resistivity,
         ctx.recipe.seed,
         ev.precision,
-    ]
-    return hashlib.sha1("\n".join(map(str, parts)).encode()).hexdigest()
+    )
 
 
 def _resistivity_tensors(result: dict) -> dict[str, torch.Tensor]:
