@@ -33,6 +33,28 @@ def shared_cache(tiny_attack_cache, monkeypatch) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_poisoning(tiny_attack_cache, tmp_path_factory):
+    """test_poisoning's tiny BadNet attack, run once per session into the shared cache: the
+    first run of it in the session, so test_poisoning asserts a real training on this result
+    and every other module reuses its artifact."""
+    from test_poisoning import RECIPE
+
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    recipe = {**RECIPE, "runs_root": str(tmp_path_factory.mktemp("tiny_poisoning") / "runs")}
+    with pytest.MonkeyPatch.context() as patch:  # a session fixture runs before the autouse one
+        patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+        return run_recipe(parse_recipe(recipe), progress=False)
+
+
+@pytest.fixture
+def poisoned_cache(shared_cache, tiny_poisoning) -> str:
+    """The shared cache with the tiny attack's artifact in it."""
+    return shared_cache
+
+
+@pytest.fixture(scope="session")
 def tiny():
     from clip_backdoor.models import load_clip
 

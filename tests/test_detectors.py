@@ -111,7 +111,7 @@ def detection_recipe(tmp_path, stages: list[dict], **evaluation) -> dict:
     return data
 
 
-def test_detectors_and_decomp_rep_on_a_tiny_poisoned_model(shared_cache, tmp_path):
+def test_detectors_and_decomp_rep_on_a_tiny_poisoned_model(poisoned_cache, tmp_path):
     detect = {"kind": "detection", "evaluate": False}
     stages = [
         {**detect, "method": "decomp_det", "params": {"images": 40, **OURS, "score": "deviation"}},

@@ -53,7 +53,9 @@ def numbers(folders: dict) -> dict:
     }
 
 
-def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(shared_cache, tmp_path):
+def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
+    poisoned_cache, tmp_path
+):
     spec = parse_matrix(matrix(tmp_path), "tiny")
     cells = expand(spec, "tiny")
     assert [c.name for c in cells] == [
@@ -98,7 +100,7 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(share
     assert 0.0 <= float(strip["auroc"]) <= 1.0
 
 
-def test_submitit_debug_executor_runs_the_same_cells(shared_cache, tmp_path):
+def test_submitit_debug_executor_runs_the_same_cells(poisoned_cache, tmp_path):
     local = run_matrix(parse_matrix(matrix(tmp_path / "a"), "tiny"), "tiny", log=lambda m: None)
     debug_spec = parse_matrix(matrix(tmp_path / "b", kind="debug"), "tiny")
     debug = run_matrix(debug_spec, "tiny", log=lambda m: None)

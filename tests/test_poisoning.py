@@ -85,8 +85,10 @@ def test_pps_picks_boundary_farthest_and_random_disjointly():
         pps_select(scores, 2, 9, torch.Generator())
 
 
-def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(tmp_path, monkeypatch):
-    result = run_recipe(recipe(tmp_path), progress=False)
+def test_tiny_poisoning_implants_the_backdoor_and_the_artifact_round_trips(
+    tiny_poisoning, shared_cache, tmp_path, monkeypatch
+):
+    result = tiny_poisoning  # the session's first run of RECIPE: it trained (``reused`` False)
     clean, attacked = result.metrics["points"]
     assert attacked["asr"] >= 0.8, attacked  # measured 1.00
     assert attacked["asr"] - clean["asr"] >= 0.4, clean  # the patch did not do it before

@@ -20,7 +20,7 @@ from clip_backdoor.runner import run_recipe
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_attack_cache):
+def tiny_run(tmp_path_factory, tiny_attack_cache, tiny_poisoning):
     """A tiny BadNet attack, FT after it and STRIP beside it: one run with every section."""
     root = tmp_path_factory.mktemp("report_runs")
     data = copy.deepcopy(POISON_RECIPE)

@@ -109,7 +109,7 @@ def defended(tmp_path, method: str, attack: bool = True, **params) -> dict:
     return run_recipe(parse_recipe(data), progress=False).metrics
 
 
-def test_rvpt_tunes_only_its_prompts_and_repels_the_frozen_features(shared_cache, tmp_path):
+def test_rvpt_tunes_only_its_prompts_and_repels_the_frozen_features(poisoned_cache, tmp_path):
     """On the tiny poisoned model RVPT moves the features away from the frozen ones (and VPT
     does not), but its BadNet backdoor survives (ASR 1.00 after either): the ASR claims are
     measured on mini-CLIP (results/defenses.md), not here."""

@@ -192,6 +192,12 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     assert search.evidence["reference_log_ratio"]["red circle"] == search.score
     assert (run.path / "scan.json").is_file() and (run.path / "figures/scan_triggers.png").is_file()
 
+    again, _, _ = _scan(str(bare), tmp_path / "runs", reference=base)  # read back, not searched
+    assert [f.reused for f in report.findings + again.findings] == [False] * 2 + [True] * 2
+    for first, second in zip(report.findings, again.findings, strict=True):
+        assert {**second.summary(), "reused": False} == {**first.summary(), "reused": False}
+        assert all(torch.equal(first.images[k], second.images[k]) for k in first.images)
+
     clean, _, _ = _scan(str(clean_ft), tmp_path / "runs", reference=base)
     clean_search = {f.scanner: f for f in clean.findings}["target_search"]
     assert clean.verdict != "backdoored", clean.summary()
@@ -309,6 +315,19 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
         from clip_backdoor.scanning.command import parse_params
 
         parse_params(["decree=3"])
+
+
+def test_a_saved_finding_reads_back_whole_with_no_partial_folder_left(tmp_path):
+    from clip_backdoor.scanning.base import Finding
+    from clip_backdoor.scanning.scan import load_finding, save_finding
+
+    finding = Finding("decree", 0.25, float("inf"), True, "clean", None, {"pl1": [0.1, 0.2]})
+    finding.images = {"trigger": torch.rand(3, 8, 8)}
+    save_finding(finding, tmp_path / "f")
+    back = load_finding(tmp_path / "f")
+    assert back.reused and back.threshold == float("inf") and back.evidence == finding.evidence
+    assert torch.equal(back.images["trigger"], finding.images["trigger"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no partial folder left
 
 
 def test_calibration_on_clean_references_is_leave_one_out():

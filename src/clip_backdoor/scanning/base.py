@@ -86,6 +86,7 @@ class Finding:
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (3, H, W) in [0, 1]
     seconds: float = 0.0
     reference_score: float | None = None
+    reused: bool = False  # read back from the cache, not searched again
 
     def summary(self) -> dict:
         keys = ("scanner", "score", "threshold", "suspect_below", "verdict", "target")
@@ -93,6 +94,8 @@ class Finding:
         out.update(evidence=self.evidence, seconds=self.seconds)
         if self.reference_score is not None:
             out["reference_score"] = self.reference_score
+        if self.reused:
+            out["reused"] = True
         return out
 
 

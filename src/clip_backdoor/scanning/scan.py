@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 from clip_backdoor.artifacts import cache_key, cache_root
 from clip_backdoor.config_base import ALL as SCAN_ALL
@@ -87,27 +92,110 @@ def combine(findings: list[Finding], band: float) -> tuple[str, float, str | Non
     return verdict, score, None if verdict == "clean" else target, evidence
 
 
+def subject_fingerprint(subject: ScanSubject) -> str:
+    """The weights scanned: the model's, and the prompt learner's when there is one."""
+    fingerprint = model_fingerprint(subject.model)
+    if subject.learner is not None:
+        state = subject.learner.state_dict().values()
+        blob = b"".join(t.detach().cpu().numpy().tobytes() for t in state)
+        fingerprint += hashlib.sha1(blob).hexdigest()[:16]
+    return fingerprint
+
+
+def images_fingerprint(images: ScanImages) -> str:
+    blob = images.pixels.numpy().tobytes() + images.labels.numpy().tobytes()
+    return hashlib.sha1(blob + json.dumps(images.classnames).encode()).hexdigest()[:16]
+
+
+def scan_key(kind: str, scanner: Scanner, subject: ScanSubject, images: ScanImages, seed: int):
+    device = next(subject.model.parameters()).device.type  # CUDA kernels give other numbers
+    parts = (subject_fingerprint(subject), scanner.name, scanner.spec.model_dump())
+    return cache_key(kind, *parts, images_fingerprint(images), seed, device)
+
+
 def reference_score_cached(
     scanner: Scanner, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
 ) -> float:
     """The reference's score under this scanner, these images and seed, computed once: a zoo
     scanned against one public base model scans the base once."""
-    fingerprint = model_fingerprint(reference.model)
-    if reference.learner is not None:
-        state = reference.learner.state_dict().values()
-        blob = b"".join(t.detach().cpu().numpy().tobytes() for t in state)
-        fingerprint += hashlib.sha1(blob).hexdigest()[:16]
-    pixels = hashlib.sha1(images.pixels.numpy().tobytes()).hexdigest()[:16]
-    key = cache_key(
-        "scan-reference", fingerprint, scanner.name, scanner.spec.model_dump(), pixels, seed
+    path = (
+        cache_root()
+        / "scans"
+        / f"{scan_key('scan-reference', scanner, reference, images, seed)}.json"
     )
-    path = cache_root() / "scans" / f"{key}.json"
     if path.is_file():
         return float(json.loads(path.read_text())["score"])
     score = scanner.scan(reference, images, seed, progress).score
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"score": score, "scanner": scanner.name}) + "\n")
     return score
+
+
+def scan_one(
+    scanner: Scanner,
+    subject: ScanSubject,
+    images: ScanImages,
+    seed: int,
+    reference: ScanSubject | None,
+    progress: bool,
+) -> Finding:
+    """One scanner's finding, judged against the reference when there is one."""
+    compare = reference is not None and scanner.applies(reference)
+    per_class = compare and hasattr(scanner, "against_reference")
+    reference_score = None
+    if compare and not per_class:
+        reference_score = reference_score_cached(scanner, reference, images, seed, progress)
+    finding = scanner.scan(subject, images, seed, progress, reference_score)
+    if per_class:  # the same classes searched on the reference: judged class by class
+        start = time.perf_counter()
+        scanner.against_reference(finding, reference, images, seed, progress)
+        finding.seconds += time.perf_counter() - start
+        finding.verdict = judge(
+            finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
+        )
+    return finding
+
+
+def scan_one_cached(
+    scanner: Scanner,
+    subject: ScanSubject,
+    images: ScanImages,
+    seed: int,
+    reference: ScanSubject | None,
+    progress: bool,
+) -> Finding:
+    """A finding is a function of the weights, the images, the scanner's settings, the seed and
+    the reference, so it is computed once: a scan stage re-run, a matrix cell resumed or a
+    report rebuilt reads it back (``reused`` says so) instead of searching again."""
+    key = scan_key("scan-finding", scanner, subject, images, seed)
+    if reference is not None:
+        key = cache_key(key, subject_fingerprint(reference))
+    folder = cache_root() / "scans" / "findings" / key
+    if (folder / "finding.json").is_file():
+        return load_finding(folder)
+    finding = scan_one(scanner, subject, images, seed, reference, progress)
+    save_finding(finding, folder)
+    return finding
+
+
+def save_finding(finding: Finding, folder: Path) -> None:
+    """Written to a temporary folder and renamed, so a killed scan leaves no half a finding."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    fields = {f.name: getattr(finding, f.name) for f in dataclass_fields(finding)}
+    del fields["images"], fields["reused"]
+    (partial / "finding.json").write_text(json.dumps(fields, indent=1) + "\n")
+    images = {k: v.detach().cpu().contiguous() for k, v in finding.images.items()}
+    save_file(images, str(partial / "images.safetensors"))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def load_finding(folder: Path) -> Finding:
+    fields = json.loads((folder / "finding.json").read_text())
+    images = load_file(str(folder / "images.safetensors"))
+    return Finding(**{**fields, "reused": True}, images=images)
 
 
 def scan(
@@ -131,25 +219,13 @@ def scan(
         check_reference(subject, reference)
     findings = []
     for scanner in applicable:
-        compare = reference is not None and scanner.applies(reference)
-        per_class = compare and hasattr(scanner, "against_reference")
-        reference_score = None
-        if compare and not per_class:
-            reference_score = reference_score_cached(scanner, reference, images, seed, progress)
-        finding = scanner.scan(subject, images, seed, progress, reference_score)
-        if per_class:  # the same classes searched on the reference: judged class by class
-            start = time.perf_counter()
-            scanner.against_reference(finding, reference, images, seed, progress)
-            finding.seconds += time.perf_counter() - start
-            finding.verdict = judge(
-                finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
-            )
+        finding = scan_one_cached(scanner, subject, images, seed, reference, progress)
         if log is not None:
             log(
                 f"scanner {finding.scanner}: score {finding.score:.4g} vs threshold "
                 f"{finding.threshold:.4g} -> {finding.verdict}"
                 + (f" (target {finding.target})" if finding.target else "")
-                + f", {finding.seconds:.1f} s"
+                + (", reused from the cache" if finding.reused else f", {finding.seconds:.1f} s")
             )
         findings.append(finding)
     band = min(s.spec.band for s in applicable)
