@@ -86,7 +86,7 @@ def test_verdicts_combine_by_the_largest_margin():
 
 FAST = {
     "decree": {"steps": 150},
-    "target_search": {"steps": 150, "prescreen_steps": 4, "controls": 5},
+    "target_search": {"steps": 100, "prescreen_steps": 4, "controls": 3},
 }
 
 
