@@ -139,7 +139,16 @@ def scan_one(
     reference: ScanSubject | None,
     progress: bool,
 ) -> Finding:
-    """One scanner's finding, judged against the reference when there is one."""
+    """One scanner's finding, judged against the reference when there is one. A finding is a
+    function of the weights, the images, the scanner's settings, the seed and the reference, so
+    it is computed once: a scan stage re-run, a matrix cell resumed or a report rebuilt reads it
+    back (``reused`` says so) instead of searching again."""
+    key = scan_key("scan-finding", scanner, subject, images, seed)
+    if reference is not None:
+        key = cache_key(key, subject_fingerprint(reference))
+    folder = cache_root() / "scans" / "findings" / key
+    if (folder / "finding.json").is_file():
+        return load_finding(folder)
     compare = reference is not None and scanner.applies(reference)
     per_class = compare and hasattr(scanner, "against_reference")
     reference_score = None
@@ -153,27 +162,6 @@ def scan_one(
         finding.verdict = judge(
             finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
         )
-    return finding
-
-
-def scan_one_cached(
-    scanner: Scanner,
-    subject: ScanSubject,
-    images: ScanImages,
-    seed: int,
-    reference: ScanSubject | None,
-    progress: bool,
-) -> Finding:
-    """A finding is a function of the weights, the images, the scanner's settings, the seed and
-    the reference, so it is computed once: a scan stage re-run, a matrix cell resumed or a
-    report rebuilt reads it back (``reused`` says so) instead of searching again."""
-    key = scan_key("scan-finding", scanner, subject, images, seed)
-    if reference is not None:
-        key = cache_key(key, subject_fingerprint(reference))
-    folder = cache_root() / "scans" / "findings" / key
-    if (folder / "finding.json").is_file():
-        return load_finding(folder)
-    finding = scan_one(scanner, subject, images, seed, reference, progress)
     save_finding(finding, folder)
     return finding
 
@@ -219,7 +207,7 @@ def scan(
         check_reference(subject, reference)
     findings = []
     for scanner in applicable:
-        finding = scan_one_cached(scanner, subject, images, seed, reference, progress)
+        finding = scan_one(scanner, subject, images, seed, reference, progress)
         if log is not None:
             log(
                 f"scanner {finding.scanner}: score {finding.score:.4g} vs threshold "
