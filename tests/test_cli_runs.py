@@ -42,6 +42,21 @@ def test_run_writes_a_run_folder_and_never_overwrites(tmp_path):
     assert 0.0 <= metrics["ca"] <= 1.0 and metrics["n"] == 48 and metrics["asr_n"] == 44
 
 
+def test_a_run_folder_goes_on_bad_input_and_stays_with_its_log_on_a_bug(tmp_path):
+    from clip_backdoor.runs import RunDir
+
+    bad = RunDir.create(tmp_path, "bad")
+    with pytest.raises(ConfigError), bad.recording():
+        bad.log("half-way")
+        raise ConfigError("a field the user can fix")
+    assert not bad.path.exists()
+    bug = RunDir.create(tmp_path, "bug")
+    with pytest.raises(ZeroDivisionError), bug.recording():
+        bug.log("half-way")
+        _ = 1 / 0
+    assert "failed: ZeroDivisionError" in (bug.path / "log.txt").read_text()
+
+
 def test_unknown_fields_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluation\.batchsize: unknown field"):
         parse_recipe({**TINY_RECIPE, "evaluation": {"batchsize": 3}})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from clip_backdoor.artifacts import cache_key, is_artifact, link_into, load_back
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.domain_shift import domain_shift
 from clip_backdoor.data.fewshot import TargetFirst, class_part, holdout_split
-from clip_backdoor.errors import ConfigError, DatasetError, UserError
+from clip_backdoor.errors import ConfigError, DatasetError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.detection import roc_figure
 from clip_backdoor.evaluation.features import model_fingerprint
@@ -225,7 +224,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             f"for the stages; reported numbers use the other {len(test_sets[0])}"
         )
     points: list[dict] = []
-    try:
+    with run.recording():
         if is_artifact(recipe.model.name) or is_prompt_folder(recipe.model.name):
             link_into(Path(recipe.model.name), run.path / "artifacts" / "backdoor")
         clean_model = None
@@ -278,15 +277,6 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
             table += "\n\n" + _detection_table(run, ctx)
         run.write_metrics(ctx.metrics)
         run.log("metrics " + str(points[-1]))
-    except UserError:
-        run.close()
-        shutil.rmtree(run.path)  # bad input found mid-run: leave nothing half-written
-        raise
-    except BaseException as e:
-        run.log(f"failed: {type(e).__name__}: {e}")  # a bug or an interrupt: keep the log
-        raise
-    finally:
-        run.close()
     return RunResult(run.path, ctx.metrics, table)
 
 

@@ -10,15 +10,18 @@ import json
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 import clip_backdoor
 from clip_backdoor import precision as precision_mod
+from clip_backdoor.errors import UserError
 
 
 def git_commit() -> str:
@@ -122,6 +125,22 @@ class RunDir:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+
+    @contextmanager
+    def recording(self) -> Iterator[RunDir]:
+        """The work of a run: bad input found mid-way removes the folder (nothing half-written
+        is left); a bug or an interrupt keeps it, with the failure at the end of its log."""
+        try:
+            yield self
+        except UserError:
+            self.close()
+            shutil.rmtree(self.path)
+            raise
+        except BaseException as e:
+            self.log(f"failed: {type(e).__name__}: {e}")
+            raise
+        finally:
+            self.close()
 
 
 def write_table(

@@ -7,7 +7,6 @@ before the run folder is made; bad input found later removes it.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 
 from clip_backdoor.artifacts import is_artifact
@@ -66,7 +65,7 @@ def run_data_scan(request: DataScanRequest, progress: bool = False):
     subject = load_subject(request.model, request.pretrained, request.arch, request.device)
     mix = load_mix(request.data, subject.model, subject.tokenizer, request.seed, progress)
     run = RunDir.create(request.runs_root, "scan_data")
-    try:
+    with run.recording():
         run.write_config({"command": "scan-data", **request.__dict__})
         run.log(f"scanning {len(mix)} pairs of {mix.name} with {subject.name}")
         found, rows = score_mix(
@@ -85,10 +84,4 @@ def run_data_scan(request: DataScanRequest, progress: bool = False):
         )
         table = run.write_table("data_scan", TABLE_HEADERS, rows, note)
         run.write_metrics({"pairs": len(mix), "poisoned": mix.poisoned, "models": {"model": found}})
-    except UserError:
-        run.close()
-        shutil.rmtree(run.path)
-        raise
-    finally:
-        run.close()
     return found, run, table

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 
 import yaml
 
-from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.errors import ConfigError
 from clip_backdoor.runner import seed_everything
 from clip_backdoor.runs import RunDir
 from clip_backdoor.scanning.base import VERDICTS
@@ -84,7 +83,7 @@ def run_scan(request: ScanRequest, progress: bool = False) -> tuple[ScanReport, 
         progress,
     )
     run = RunDir.create(request.runs_root, "scan")
-    try:
+    with run.recording():
         run.write_config({"command": "scan", **request.__dict__})
         run.log(f"scanning {subject.name} on {len(images)} images of {images.source}")
         report = scan(
@@ -100,12 +99,6 @@ def run_scan(request: ScanRequest, progress: bool = False) -> tuple[ScanReport, 
         context = {"data": images.source, "images": len(images), "seed": request.seed}
         table = write_report(report, run, run.path, context)
         run.log(f"verdict {report.verdict} (target {report.target})")
-    except UserError:
-        run.close()
-        shutil.rmtree(run.path)
-        raise
-    finally:
-        run.close()
     return report, run, table
 
 
