@@ -184,6 +184,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--seed, --device and --runs-root, the same for every command that makes one run folder."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clip_backdoor.reports.summary import TABLES  # light: the table modules load on use
 
@@ -317,9 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VERDICT",
         help="exit 1 when the verdict is this bad: backdoored or inconclusive",
     )
-    scan.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--device", default="cpu")
-    scan.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
+    _add_run_options(scan)
     scan.set_defaults(func=cmd_scan)
 
     sd = commands.add_parser(
@@ -356,9 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a detector setting, e.g. dao.k=32 or dao.space=pair (repeatable)",
     )
     sd.add_argument("--batch-size", type=int, default=256, help="pairs per encoding batch")
-    sd.add_argument("--seed", type=int, default=0)
-    sd.add_argument("--device", default="cpu")
-    sd.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
+    _add_run_options(sd)
     sd.set_defaults(func=cmd_scan_data)
 
     rep = commands.add_parser(
