@@ -68,6 +68,23 @@ def test_classwise_search_cost_does_not_grow_with_the_full_searches():
     assert not set(result["controls"]) & set(result["candidates"])
 
 
+def test_a_class_search_does_not_depend_on_the_classes_searched_before_it(tiny):
+    """So a reference's mask share per class can be cached and reused by every later scan."""
+    from clip_backdoor.scanning.base import ScanImages, ScanSubject
+    from clip_backdoor.scanning.target_search import ClassInverter, TargetSearchSpec
+
+    subject = ScanSubject(tiny.model, tiny.tokenizer, "mini-tiny")
+    pixels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator())
+    images = ScanImages(pixels, torch.arange(12) % 3, ["cat", "dog", "car"], "random")
+    spec = TargetSearchSpec(steps=10, batch_size=4, success=0.25)  # found within 10 steps
+    alone = ClassInverter(spec, subject, images, seed=0).refine(2)
+    assert alone < 1.0  # a mask was found, so the comparisons below compare masks
+    inverter = ClassInverter(spec, subject, images, seed=0)
+    inverter.prescreen(1), inverter.refine(0)
+    assert inverter.refine(2) == alone
+    assert ClassInverter(spec, subject, images, seed=1).refine(2) != alone
+
+
 def test_verdicts_combine_by_the_largest_margin():
     from clip_backdoor.scanning.base import Finding, judge
     from clip_backdoor.scanning.scan import combine
@@ -319,7 +336,7 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
 
 def test_a_saved_finding_reads_back_whole_with_no_partial_folder_left(tmp_path):
     from clip_backdoor.scanning.base import Finding
-    from clip_backdoor.scanning.scan import load_finding, save_finding
+    from clip_backdoor.scanning.cache import load_finding, save_finding
 
     finding = Finding("decree", 0.25, float("inf"), True, "clean", None, {"pl1": [0.1, 0.2]})
     finding.images = {"trigger": torch.rand(3, 8, 8)}

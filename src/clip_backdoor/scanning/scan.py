@@ -10,22 +10,21 @@ The suspected target comes from the scanners that flag, class-wise searches firs
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
-from pathlib import Path
-
-from safetensors.torch import load_file, save_file
 
 from clip_backdoor.artifacts import cache_key, cache_root
 from clip_backdoor.config_base import ALL as SCAN_ALL
 from clip_backdoor.errors import ConfigError
-from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.registry import SCANNERS
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
+from clip_backdoor.scanning.cache import (
+    cached_number,
+    load_finding,
+    save_finding,
+    scan_key,
+    subject_fingerprint,
+)
 from clip_backdoor.scanning.subject import check_reference
 
 ALL = SCAN_ALL
@@ -92,43 +91,13 @@ def combine(findings: list[Finding], band: float) -> tuple[str, float, str | Non
     return verdict, score, None if verdict == "clean" else target, evidence
 
 
-def subject_fingerprint(subject: ScanSubject) -> str:
-    """The weights scanned: the model's, and the prompt learner's when there is one."""
-    fingerprint = model_fingerprint(subject.model)
-    if subject.learner is not None:
-        state = subject.learner.state_dict().values()
-        blob = b"".join(t.detach().cpu().numpy().tobytes() for t in state)
-        fingerprint += hashlib.sha1(blob).hexdigest()[:16]
-    return fingerprint
-
-
-def images_fingerprint(images: ScanImages) -> str:
-    blob = images.pixels.numpy().tobytes() + images.labels.numpy().tobytes()
-    return hashlib.sha1(blob + json.dumps(images.classnames).encode()).hexdigest()[:16]
-
-
-def scan_key(kind: str, scanner: Scanner, subject: ScanSubject, images: ScanImages, seed: int):
-    device = next(subject.model.parameters()).device.type  # CUDA kernels give other numbers
-    parts = (subject_fingerprint(subject), scanner.name, scanner.spec.model_dump())
-    return cache_key(kind, *parts, images_fingerprint(images), seed, device)
-
-
 def reference_score_cached(
     scanner: Scanner, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
 ) -> float:
     """The reference's score under this scanner, these images and seed, computed once: a zoo
     scanned against one public base model scans the base once."""
-    path = (
-        cache_root()
-        / "scans"
-        / f"{scan_key('scan-reference', scanner, reference, images, seed)}.json"
-    )
-    if path.is_file():
-        return float(json.loads(path.read_text())["score"])
-    score = scanner.scan(reference, images, seed, progress).score
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"score": score, "scanner": scanner.name}) + "\n")
-    return score
+    key = scan_key("scan-reference", scanner, reference, images, seed)
+    return cached_number(key, lambda: scanner.scan(reference, images, seed, progress).score)
 
 
 def scan_one(
@@ -164,26 +133,6 @@ def scan_one(
         )
     save_finding(finding, folder)
     return finding
-
-
-def save_finding(finding: Finding, folder: Path) -> None:
-    """Written to a temporary folder and renamed, so a killed scan leaves no half a finding."""
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    fields = {f.name: getattr(finding, f.name) for f in dataclass_fields(finding)}
-    del fields["images"], fields["reused"]
-    (partial / "finding.json").write_text(json.dumps(fields, indent=1) + "\n")
-    images = {k: v.detach().cpu().contiguous() for k, v in finding.images.items()}
-    save_file(images, str(partial / "images.safetensors"))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-
-
-def load_finding(folder: Path) -> Finding:
-    fields = json.loads((folder / "finding.json").read_text())
-    images = load_file(str(folder / "images.safetensors"))
-    return Finding(**{**fields, "reused": True}, images=images)
 
 
 def scan(

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
+from clip_backdoor.scanning.cache import cached_number, scan_key
 from clip_backdoor.scanning.classes import ClassHead
 from clip_backdoor.scanning.classwise import ClasswiseSpec, anomaly_index, classwise_search
 from clip_backdoor.scanning.inversion import BestMask, CostSchedule, MaskPattern, inverted_images
@@ -86,12 +87,21 @@ class TargetSearch(Scanner):
         classes on the base; score: log(base's mask / this model's mask) for the target,
         flagged above log 2 (half the base's mask). A class easy in the base already, or
         classes a fine-tune made a little easier, are not mistaken for a backdoor target."""
-        inverter = ClassInverter(self.spec, reference, images, seed)
+        inverter = None
         shares = finding.evidence["mask_share"]
         ratios = {}
         names = list(dict.fromkeys([finding.target, *finding.evidence["candidates"]]))
         for name in tqdm(names, desc="target_search (reference)", disable=not progress):
-            base = inverter.refine(images.classnames.index(name))
+            c = images.classnames.index(name)
+
+            def refine_on_reference(c: int = c) -> float:
+                nonlocal inverter  # built only when some class is not cached yet
+                inverter = inverter or ClassInverter(self.spec, reference, images, seed)
+                return inverter.refine(c)
+
+            # a zoo scanned against one base asks the base for the same classes again and again
+            key = scan_key("scan-reference-class", self, reference, images, seed, c)
+            base = cached_number(key, refine_on_reference)
             ratios[name] = float(np.log(max(base, 1e-6) / max(shares[name], 1e-6)))
         finding.evidence.update(reference_log_ratio=ratios, anomaly_index=finding.score)
         finding.score = ratios[finding.target]
@@ -111,20 +121,24 @@ class ClassInverter:
         self.precision = precision_mod.resolve(spec.precision, self.device)
         model.eval().requires_grad_(False)
         self.head = ClassHead(subject, images.classnames, spec.templates, False, self.precision)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.size = images.pixels.shape[-1]
         self.best: dict[int, BestMask] = {}
 
-    def invert(self, target: int, steps: int) -> tuple[BestMask, float]:
+    def invert(
+        self, target: int, steps: int, generator: torch.Generator | None = None
+    ) -> tuple[BestMask, float]:
         """The smallest successful mask for ``target`` and the last batch's success rate."""
         spec, images, device = self.spec, self.images, self.device
-        trigger = MaskPattern(self.size, self.generator, device)
+        generator = generator or self.generator
+        trigger = MaskPattern(self.size, generator, device)
         optimizer = torch.optim.Adam(trigger.parameters(), lr=spec.lr, betas=(0.5, 0.9))
         cost = CostSchedule(1e-3, 1.5, spec.patience, 1e-7, 2 * spec.patience)
         best, rate = BestMask(), 0.0
         labels = torch.full((spec.batch_size,), target, device=device)
         for _ in range(steps):
-            batch = images.batch(images.draw(self.generator, spec.batch_size, target), device)
+            batch = images.batch(images.draw(generator, spec.batch_size, target), device)
             with precision_mod.autocast(self.precision, device):
                 logits = self.head.logits(trigger(batch)).float()
             loss = F.cross_entropy(logits, labels[: len(batch)]) + cost.value * trigger.l1()
@@ -145,6 +159,9 @@ class ClassInverter:
         return 1.0 + (1.0 - best.l1 / self.size**2) if best.found else rate
 
     def refine(self, target: int) -> float:
-        best, _ = self.invert(target, self.spec.steps)
+        """Seeded by (seed, class) alone: a class's full search gives the same mask whichever
+        classes were searched before it, so it can be cached and compared across scans."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + target)
+        best, _ = self.invert(target, self.spec.steps, generator)
         self.best[target] = best
         return best.l1 / self.size**2 if best.found else 1.0
