@@ -201,7 +201,9 @@ class ImageTextPairs(Dataset):
         loader = DataLoader(decoder, batch_size=64, num_workers=workers, collate_fn=list)
         pixels: list[torch.Tensor] = []
         for chunk in tqdm(loader, disable=not progress, desc="decode", total=len(loader)):
-            pixels.extend(chunk)
+            # a worker's tensor lives in shared memory with one file descriptor each: a copy
+            # frees it, so a 19k-image mix does not run into the open-file limit
+            pixels.extend([t.clone() for t in chunk] if workers else chunk)
         return pixels
 
     def group_id(self, key: str) -> int:
