@@ -161,3 +161,22 @@ def test_tiny_clip_learns_the_synthetic_set(synthetic_clip):
     # measured 0.57 on this project's machine; 0.4 (about 5x chance)
     # leaves room for other CPUs' rounding while still failing any run that did not learn
     assert ca >= 0.4, f"zero-shot CA {ca:.3f} on 12 classes (chance 0.083)"
+
+
+def test_decoding_a_large_mix_holds_no_file_descriptor_per_image():
+    """Worker-decoded images arrive in shared memory, one descriptor each: the 19k-pair v1 mix hit
+    the open-file limit of 20,000 until they were copied out. 2,100 images under a limit of
+    ~600 descriptors reproduce it (the workers start above 2,000 images)."""
+    import resource
+
+    from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
+
+    pairs = ImageTextPairs([PairSource("synthetic", size=2100)], None, 16)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 500, hard))
+    try:
+        pairs.preload()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(pairs.pixels) == 2100
+    assert all(not t.is_shared() for t in pairs.pixels[::100])
