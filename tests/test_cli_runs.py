@@ -79,14 +79,24 @@ def test_shipped_recipes_validate():
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))  # v2/, scan_zoo/
     assert len(recipes) >= 3
     from clip_backdoor.matrix.spec import expand, is_matrix, parse_matrix
+    from clip_backdoor.recipes import included_recipe
 
+    matrices = []
     for path in recipes:
-        data = yaml.safe_load(path.read_text())
+        data = included_recipe(yaml.safe_load(path.read_text()), str(path))  # `run` resolves it
         if is_matrix(data):  # every cell validated, as `run` does before any cell runs
             assert expand(parse_matrix(data, str(path)), str(path))
+            matrices.append(path.name)
             continue
         is_pretrain = "training" in data
         (load_pretrain_recipe if is_pretrain else load_recipe)(path)
+    assert sorted(matrices) == ["matrix.yaml", "matrix_mini.yaml"]  # v2's: `from: matrix_mini`
+
+
+def test_run_takes_a_matrix_written_as_from_another(capsys):
+    """recipes/v2/matrix.yaml inherits `kind: matrix` through `from:`; `run` must see it."""
+    assert main(["run", "recipes/v2/matrix.yaml", "--cells", "nothing"]) == 2
+    assert "matches none of the 66 cells of v2_matrix" in capsys.readouterr().err
 
 
 def test_console_script_help_lists_commands():

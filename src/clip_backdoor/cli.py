@@ -56,10 +56,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from clip_backdoor.matrix.spec import is_matrix
-    from clip_backdoor.recipes import load_recipe, read_yaml
+    from clip_backdoor.recipes import included_recipe, load_recipe, read_yaml
     from clip_backdoor.runner import run_recipe
 
-    data = read_yaml(args.recipe)
+    # resolved first, so a matrix written as ``from: OTHER_MATRIX`` plus overrides is one too
+    data = included_recipe(read_yaml(args.recipe), str(args.recipe))
     if is_matrix(data):
         return _run_matrix(args, data)
     if args.launcher or args.cells:
