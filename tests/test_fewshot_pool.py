@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -227,6 +228,51 @@ def test_the_attribute_probe_runs_as_a_recipe_stage(tmp_path):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert [p["point"] for p in result.metrics["points"]] == ["clean"]  # no evaluation after it
     assert (result.path / "tables" / "attribute_probe_attrs.csv").is_file()
+
+
+def test_text_head_separation_and_its_ce_floor():
+    """Orthogonal captions: cosine 0 and floor ln(1 + (C-1) e^-s); identical ones: floor ln C."""
+    from clip_backdoor.analysis.text_head import separation
+
+    apart = separation(torch.eye(4), 20.0)
+    assert apart["mean_cosine"] == pytest.approx(0) and apart["max_cosine"] == pytest.approx(0)
+    assert apart["ce_floor"] == pytest.approx(math.log(1 + 3 * math.exp(-20.0)))
+    same = separation(torch.nn.functional.normalize(torch.ones(4, 8), dim=1), 20.0)
+    assert same["mean_cosine"] == pytest.approx(1) and same["ce_floor"] == pytest.approx(
+        math.log(4)
+    )
+    half = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 1], [0, 1]]), dim=1)
+    low, high = separation(half, 17.0), separation(half, 100.0)
+    assert low["mean_cosine"] == pytest.approx((2 * 0.5**0.5 + 0) * 2 / 6)
+    assert high["ce_floor"] < low["ce_floor"] < math.log(3)  # a larger scale separates more
+
+
+def test_the_text_head_runs_as_a_stage_and_reaches_the_measuring_report(tmp_path):
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.reports.measuring import measuring_rows, write_measuring
+    from clip_backdoor.runner import run_recipe
+
+    recipe = parse_recipe(
+        {
+            "name": "head",
+            "runs_root": str(tmp_path),
+            "model": {"name": "mini-tiny"},
+            "data": {"name": "synthetic", "split": "test", "size": 60},
+            "evaluation": {"templates": "simple"},
+            "stages": [{"kind": "analysis", "method": "text_head", "label": "head"}],
+        }
+    )
+    result = run_recipe(recipe, progress=False)
+    own, clip = result.metrics["analysis.head"]["text_head"]["synthetic/test"]
+    from clip_backdoor.models import load_clip
+
+    scale = float(load_clip("mini-tiny").model.logit_scale.detach().exp())
+    assert own["scale"] == pytest.approx(scale) and clip["scale"] == 100
+    assert -1 <= own["mean_cosine"] <= own["max_cosine"] <= 1
+    rows = measuring_rows(result.metrics, {"model": {"name": "mini-tiny"}})
+    assert [r["scale"] for r in rows if r["kind"] == "text_head"] == [own["scale"], 100]
+    text = write_measuring(rows, [], tmp_path, "runs.json")
+    assert "How far apart the zero-shot head's class captions sit" in text
 
 
 @pytest.mark.skipif(not (SHARED_DATASETS / "caltech101").is_dir(), reason="needs ../shared")

@@ -2,8 +2,9 @@
 
 What a model must show before CoOp, CoCoOp, VPT, RVPT and the linear probe can be judged on it
 (issue 25): held-out zero-shot CA, few-shot methods against the zero-shot prompt of the same run
-(the gain), and linear probes for class-irrelevant pixel attributes (``attribute_probe.csv``),
-each with the model it was measured on, so v1 and v2 rows sit side by side.
+(the gain), linear probes for class-irrelevant pixel attributes (``attribute_probe.csv``) and
+how far apart the zero-shot head's class captions sit (``text_head.csv``), each with the model
+it was measured on, so v1 and v2 rows sit side by side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from clip_backdoor.reports.common import Table, config_model, markdown_table, pr
 MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
 MEASURING_COLUMNS += ["seed"]
 ATTRIBUTE_COLUMNS = ["model", "data", "attribute", "classes", "accuracy", "majority", "seed"]
+TEXT_HEAD_COLUMNS = ["model", "data", "classes", "mean_cosine", "max_cosine", "scale", "ce_floor"]
+TEXT_HEAD_COLUMNS += ["ce_uniform"]
 # Issue 25's bars: the least gain over zero-shot each method must show on a measuring model.
 GAIN_BARS = {"coop": 3.0, "cocoop": 3.0, "linear_probe": 0.0, "vpt": 0.0}
 
@@ -53,6 +56,13 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
             }
         )
     for key, value in metrics.items():
+        if key.startswith("analysis.") and "text_head" in value:
+            for data, heads in value["text_head"].items():
+                rows += [
+                    {"kind": "text_head", "model": config_model(config), "data": data.split("/")[0]}
+                    | head
+                    for head in heads
+                ]
         if not key.startswith("analysis.") or "sets" not in value:
             continue
         for data, probes in value["sets"].items():
@@ -97,6 +107,12 @@ def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name
     probes.sort(key=lambda r: (r["data"], r["attribute"], r["model"]))
     write_csv(out / "measuring.csv", MEASURING_COLUMNS, points)
     write_csv(out / "attribute_probe.csv", ATTRIBUTE_COLUMNS, probes)
+    heads = sorted(
+        (r for r in rows if r["kind"] == "text_head"),
+        key=lambda r: (r["data"], r["model"], r["scale"]),
+    )
+    if heads:
+        write_csv(out / "text_head.csv", TEXT_HEAD_COLUMNS, heads)
     text = "# Measuring models: can few-shot methods be judged on them?\n\n"
     heldout = [r for r in points if r["method"] == "zeroshot" and r["templates"] > 1]
     if heldout:
@@ -133,6 +149,18 @@ def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name
             "\n\nLogistic regression on standardised frozen image features, fit on a seeded "
             "half of each test split and scored on the other half; majority: the most frequent "
             "attribute value of the fit half, scored the same way.\n\n"
+        )
+    if heads:
+        text += "## How far apart the zero-shot head's class captions sit\n\n"
+        text += markdown_table(
+            ["model", "data", "classes", "mean cos", "max cos", "logit scale", "CE floor", "ln C"],
+            [[r[c] for c in TEXT_HEAD_COLUMNS] for r in heads],
+        )
+        text += (
+            '\n\nPairwise cosines of the class embeddings ("a photo of a {}."); CE floor: the '
+            "mean cross-entropy of an image feature placed exactly on its class's embedding, at "
+            "the model's logit scale and at CLIP's 100. VPT and RVPT tune the image side against "
+            "this frozen head, so their CE cannot fall below it.\n\n"
         )
     text += provenance("measuring", ledger_name, sources)
     (out / "measuring.md").write_text(text)
