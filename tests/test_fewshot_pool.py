@@ -208,21 +208,26 @@ def test_measuring_rows_give_each_method_its_gain_over_zero_shot():
     assert rows["zeroshot"]["model"] == "mini-clip-v2"
 
 
-def test_the_attribute_probe_runs_as_a_recipe_stage(tmp_path):
+def run_analysis(tmp_path, method: str, label: str, images: int):
+    """A tiny run whose only stage is the analysis ``method`` (its label: ``label``)."""
     from clip_backdoor.recipes import parse_recipe
     from clip_backdoor.runner import run_recipe
 
     recipe = parse_recipe(
         {
-            "name": "probe",
+            "name": label,
             "runs_root": str(tmp_path),
             "model": {"name": "mini-tiny"},
-            "data": {"name": "synthetic", "split": "test", "size": 120},
+            "data": {"name": "synthetic", "split": "test", "size": images},
             "evaluation": {"templates": "simple"},
-            "stages": [{"kind": "analysis", "method": "attribute_probe", "label": "attrs"}],
+            "stages": [{"kind": "analysis", "method": method, "label": label}],
         }
     )
-    result = run_recipe(recipe, progress=False)
+    return run_recipe(recipe, progress=False)
+
+
+def test_the_attribute_probe_runs_as_a_recipe_stage(tmp_path):
+    result = run_analysis(tmp_path, "attribute_probe", "attrs", 120)
     rows = result.metrics["analysis.attrs"]["sets"]["synthetic/test"]
     assert {r["attribute"] for r in rows} == set(ATTRIBUTES)
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
@@ -248,24 +253,11 @@ def test_text_head_separation_and_its_ce_floor():
 
 
 def test_the_text_head_runs_as_a_stage_and_reaches_the_measuring_report(tmp_path):
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.reports.measuring import measuring_rows, write_measuring
-    from clip_backdoor.runner import run_recipe
-
-    recipe = parse_recipe(
-        {
-            "name": "head",
-            "runs_root": str(tmp_path),
-            "model": {"name": "mini-tiny"},
-            "data": {"name": "synthetic", "split": "test", "size": 60},
-            "evaluation": {"templates": "simple"},
-            "stages": [{"kind": "analysis", "method": "text_head", "label": "head"}],
-        }
-    )
-    result = run_recipe(recipe, progress=False)
-    own, clip = result.metrics["analysis.head"]["text_head"]["synthetic/test"]
     from clip_backdoor.models import load_clip
+    from clip_backdoor.reports.measuring import measuring_rows, write_measuring
 
+    result = run_analysis(tmp_path, "text_head", "head", 60)
+    own, clip = result.metrics["analysis.head"]["text_head"]["synthetic/test"]
     scale = float(load_clip("mini-tiny").model.logit_scale.detach().exp())
     assert own["scale"] == pytest.approx(scale) and clip["scale"] == 100
     assert -1 <= own["mean_cosine"] <= own["max_cosine"] <= 1
