@@ -46,6 +46,21 @@ def test_each_detector_ranks_planted_outliers_first(name):
     np.testing.assert_array_equal(scores, again)  # seeded, deterministic
 
 
+def test_safeclip_ranks_the_far_tail_below_a_narrow_low_component_most_suspect():
+    """A narrow low group and a broad high one: the pairs far below both (v1's BadNet poison
+    under the clean model) must rank first, where raw Gaussian log-odds rank them last."""
+    rng = np.random.default_rng(0)
+    cosine = np.concatenate([rng.normal(0.2, 0.01, 500), rng.normal(0.6, 0.1, 500)])
+    cosine = np.concatenate([cosine, np.full(3, -0.2)])  # the poisoned pairs, too few to widen it
+    truth = np.arange(len(cosine)) >= 1000
+    texts = np.stack([cosine, np.sqrt(1 - cosine**2)], axis=1)
+    images = np.tile([1.0, 0.0], (len(cosine), 1))  # pair cosine = texts[:, 0]
+    scores = build_detector("safeclip", seed=0).score(PairEmbeddings(images, texts))
+    assert roc_auc_score(truth, scores) == 1.0
+    order = np.argsort(cosine)
+    assert (np.diff(scores[order]) <= 1e-12).all()  # never more suspect as agreement grows
+
+
 @pytest.mark.parametrize("space", ["image", "pair"])
 def test_neighbourhood_is_shared_and_excludes_the_point_itself(space):
     pairs, _ = planted(n=200)

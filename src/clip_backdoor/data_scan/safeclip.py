@@ -2,8 +2,8 @@
 
 SafeCLIP trains on the pairs whose image and caption agree and treats the rest as risky. Here a
 two-component mixture (scikit-learn's) is fitted to the cosines and a pair's score is the log-odds
-of the lower-mean component, so the ranking follows the mixture rather than the raw cosine yet
-never saturates at probability 1. Why: under a *clean* model a poisoned pair's triggered image
+of the lower-mean component (never saturating at probability 1), made non-increasing in the
+cosine. Why: under a *clean* model a poisoned pair's triggered image
 does not match its target caption; under the poisoned model it may match too well, which the
 neighbourhood detectors see instead."""
 
@@ -55,4 +55,23 @@ class SafeCLIP(PairDetector):
             low_part = weights[low] + norm.logpdf(c, means[low], sds[low])
             return low_part - weights[high] - norm.logpdf(c, means[high], sds[high])
 
-        return by_rows(len(cosine), log_odds)
+        return monotone_in_cosine(cosine, by_rows(len(cosine), log_odds))
+
+
+def monotone_in_cosine(cosine: np.ndarray, log_odds: np.ndarray) -> np.ndarray:
+    """The log-odds made non-increasing in the cosine: a pair whose image and caption agree less
+    is never less suspect. Above the cosine where the log-odds peak, each pair takes the highest
+    log-odds of any pair agreeing at least as well; below it, the peak plus the distance to it,
+    so the far tail ranks first and stays ordered.
+
+    Why: two Gaussians of unequal spread give log-odds quadratic in the cosine, so far below a
+    narrow low component the broad high one wins again. On mini-CLIP v1's BadNet mix (clean model,
+    seed 0) the 190 poisoned pairs sat in that tail, log-odds -174 against the clean pairs' 0.36,
+    and were ranked least suspect of all 19,021 (AUROC 0.004)."""
+    order = np.argsort(-cosine, kind="stable")  # most agreeing first
+    raised = np.empty_like(log_odds)
+    raised[order] = np.maximum.accumulate(log_odds[order])
+    peak = int(np.argmax(log_odds))
+    below = cosine < cosine[peak]
+    raised[below] = log_odds[peak] + (cosine[peak] - cosine[below])
+    return raised
