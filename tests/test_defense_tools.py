@@ -155,8 +155,13 @@ def test_a_whole_recipe_included_with_another_model(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="included from each other in a loop"):
         parse_recipe({"from": str(again), "name": "x"})
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # includes name paths from the root
+    from clip_backdoor.matrix.spec import is_matrix, parse_matrix
+    from clip_backdoor.recipes import included_recipe, read_yaml
+
     for path in sorted(Path("recipes/v2").glob("*.yaml")):  # the committed v2 recipes parse
-        recipe = load_recipe(path)
+        data = included_recipe(read_yaml(path), str(path))
+        matrix = is_matrix(data)  # recipes/v2/matrix.yaml: a grid, not one run
+        recipe = parse_matrix(data, str(path)) if matrix else load_recipe(path)
         assert recipe.model.name == "mini-clip-v2" and recipe.name == f"v2_{path.stem}"
 
 
