@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which summary table to write (ablation: one file set per ablation recipe; "
         "decomposition: decomposition.md, detection.csv and repair.csv; measuring: "
         "measuring.md/.csv, attribute_probe.csv and text_head.csv, what a measuring model "
-        "shows; scan: "
-        "scan.md/.csv and scan_roc.png from runs with scan stages; data_scan: data_scan.md/.csv "
+        "shows; scan: scan.md/.csv and scan_roc.png from runs with scan stages; data_scan: "
+        "data_scan.md/.csv "
         "and cleaning.csv from runs with data_scan stages and cleaning defenses; matrix: "
         "matrix.md/.csv from a matrix's cell folders)",
     )
