@@ -21,12 +21,18 @@ def _atanh_init(values: torch.Tensor) -> torch.Tensor:
 
 
 class MaskPattern(nn.Module):
-    """tanh-parametrised mask and pattern in [0, 1], drawn uniformly at random at the start."""
+    """tanh-parametrised mask and pattern in [0, 1], drawn uniformly at random at the start
+    (Neural Cleanse, DECREE), or the mask at one small value everywhere (``mask_init``): a
+    few-step search must grow a mask where the task needs it, not shrink one from 0.5."""
 
-    def __init__(self, size: int, generator: torch.Generator, device) -> None:
+    def __init__(
+        self, size: int, generator: torch.Generator, device, mask_init: float | None = None
+    ) -> None:
         super().__init__()
         mask = torch.rand((1, 1, size, size), generator=generator, dtype=torch.float64)
         pattern = torch.rand((1, 3, size, size), generator=generator, dtype=torch.float64)
+        if mask_init is not None:
+            mask = torch.full_like(mask, mask_init)
         self.mask_raw = nn.Parameter(_atanh_init(mask).float().to(device))
         self.pattern_raw = nn.Parameter(_atanh_init(pattern).float().to(device))
 

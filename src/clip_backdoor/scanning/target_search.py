@@ -10,7 +10,15 @@ absolute deviation over them, Neural Cleanse's statistic; 2.0 is its threshold),
 log of the mask shares: they are positive and spread by factors (measured on the tiny demo
 CLIP: clean classes need 1.5-5% of the image), so the outlier test is one on ratios.
 With many classes, a pre-screen of a few steps per class chooses who is searched fully
-(``classwise.py``), so the cost barely grows with the class count.
+(``classwise.py``), so the cost barely grows with the class count. The pre-screen does not
+start from Neural Cleanse's random mask (half the image on average: every class is reached at
+once, and eight steps cannot shrink it, so the ranking was noise; on the v1 BadNet model the
+target was not among the three candidates). It starts from a faint mask (0.02 everywhere),
+takes large steps (Adam at lr 0.5) against CE + a fixed lambda of 0.01, so a pixel's mask grows
+only where the class's gradient outweighs lambda, and ranks classes by the probability a fresh
+batch then gives them: a backdoor's target is reached through its trigger's few pixels, an
+ordinary class is not. Measured on the v1 BadNet model (seed 0) over 22 classes, the target
+ranked first (0.91 against 0.79 for the next); other seeds and attacks check it in the zoo.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ class TargetSearchSpec(ScannerSpec, ClasswiseSpec):
     patience: int = Field(5, ge=1)
     early_stop: int = Field(50, ge=1, description="steps without a smaller successful mask")
     templates: str = Field("simple", description="zero-shot prompts of the class head")
+    prescreen_mask: float = Field(0.02, gt=0, lt=1, description="pre-screen: the mask's start")
+    prescreen_lr: float = Field(0.5, gt=0, description="pre-screen: Adam's lr")
+    prescreen_cost: float = Field(0.01, ge=0, description="pre-screen: the fixed lambda")
+    prescreen_batch: int = Field(16, ge=1, description="pre-screen: images per step")
 
 
 @SCANNERS.register("target_search")
@@ -72,6 +84,10 @@ class TargetSearch(Scanner):
             "candidates": [images.classnames[c] for c in result["candidates"]],
             "controls": [images.classnames[c] for c in result["controls"]],
             "prescreened": len(classes),
+            "prescreen_top": {  # the pre-screen's five easiest classes, its class probability
+                images.classnames[c]: round(result["prescreen"][c], 4)
+                for c in sorted(classes, key=lambda c: -result["prescreen"][c])[:5]
+            },
             "target_mask_share": float(masks[top]),
             "pictures_of": images.classnames[target],
         }
@@ -133,7 +149,7 @@ class ClassInverter:
         spec, images, device = self.spec, self.images, self.device
         generator = generator or self.generator
         trigger = MaskPattern(self.size, generator, device)
-        optimizer = torch.optim.Adam(trigger.parameters(), lr=spec.lr, betas=(0.5, 0.9))
+        optimizer = self.optimizer(trigger, spec.lr)
         cost = CostSchedule(1e-3, 1.5, spec.patience, 1e-7, 2 * spec.patience)
         best, rate = BestMask(), 0.0
         labels = torch.full((spec.batch_size,), target, device=device)
@@ -153,10 +169,33 @@ class ClassInverter:
                 break
         return best, rate
 
+    @staticmethod
+    def optimizer(trigger: MaskPattern, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(trigger.parameters(), lr=lr, betas=(0.5, 0.9))
+
     def prescreen(self, target: int) -> float:
-        best, rate = self.invert(target, self.spec.prescreen_steps)
-        # reached with a smaller mask is easier; not reached: how close the batch came
-        return 1.0 + (1.0 - best.l1 / self.size**2) if best.found else rate
+        """How easily ``target`` is reached from a faint mask in a few large steps: the mean
+        probability of the class on a fresh batch afterwards (higher: easier)."""
+        spec, images, device = self.spec, self.images, self.device
+        trigger = MaskPattern(self.size, self.generator, device, spec.prescreen_mask)
+        optimizer = self.optimizer(trigger, spec.prescreen_lr)
+        size = min(spec.prescreen_batch, spec.batch_size)
+        labels = torch.full((size,), target, device=device)
+
+        def logits() -> torch.Tensor:
+            batch = images.batch(images.draw(self.generator, size, target), device)
+            with precision_mod.autocast(self.precision, device):
+                return self.head.logits(trigger(batch)).float()
+
+        for _ in range(spec.prescreen_steps):
+            scores = logits()
+            loss = F.cross_entropy(scores, labels[: len(scores)])
+            loss = loss + spec.prescreen_cost * trigger.l1()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():  # a fresh batch: measured, not trained on
+            return float(logits().softmax(dim=1)[:, target].mean())
 
     def refine(self, target: int) -> float:
         """Seeded by (seed, class) alone: a class's full search gives the same mask whichever
