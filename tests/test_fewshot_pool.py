@@ -208,6 +208,24 @@ def test_measuring_rows_give_each_method_its_gain_over_zero_shot():
     assert rows["zeroshot"]["model"] == "mini-clip-v2"
 
 
+def test_a_baseline_measured_by_several_runs_is_listed_once(tmp_path):
+    from clip_backdoor.reports.measuring import measuring_rows, write_measuring
+
+    point = {"point": "clean", "kind": "clean", "data": "cifar10", "classes": 10, "ca": 0.5}
+    config = {"model": {"name": "mini-clip-v2"}, "seed": 0, "resolved": {"templates": ["{}."]}}
+    other_seed = {**config, "seed": 1}
+    rows = [
+        *measuring_rows({"points": [point]}, config),
+        *measuring_rows({"points": [point]}, config),  # a second run, the same baseline
+        *measuring_rows({"points": [point]}, other_seed),
+        *measuring_rows({"points": [{**point, "ca": 0.6}]}, config),
+    ]
+    write_measuring(rows, [], tmp_path, "runs.json")
+    lines = (tmp_path / "measuring.csv").read_text().splitlines()
+    assert lines[0].split(",")[5] == "templates"
+    assert len(lines) == 1 + 3  # the repeat dropped; another seed or another number kept
+
+
 def run_analysis(tmp_path, method: str, label: str, images: int):
     """A tiny run whose only stage is the analysis ``method`` (its label: ``label``)."""
     from clip_backdoor.recipes import parse_recipe

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
 
-MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "ca", "zeroshot_ca", "gain"]
-MEASURING_COLUMNS += ["seed"]
+MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "templates", "ca"]
+MEASURING_COLUMNS += ["zeroshot_ca", "gain", "seed"]
 ATTRIBUTE_COLUMNS = ["model", "data", "attribute", "classes", "accuracy", "majority", "seed"]
 TEXT_HEAD_COLUMNS = ["model", "data", "classes", "mean_cosine", "max_cosine", "scale", "ce_floor"]
 TEXT_HEAD_COLUMNS += ["ce_uniform"]
@@ -100,8 +100,21 @@ def _bar(row: dict) -> str:
     return f"{'meets' if passed else 'misses'} ({sign} {bar:+.0f})"
 
 
+def distinct_baselines(points: list[dict]) -> list[dict]:
+    """Every run measures its own zero-shot baseline, so several runs of one model, data set,
+    template set and seed repeat the same number: it is listed once."""
+    seen, kept = set(), []
+    for row in points:
+        key = tuple(row[c] for c in MEASURING_COLUMNS) if row["method"] == "zeroshot" else None
+        if key is None or key not in seen:
+            kept.append(row)
+        if key is not None:
+            seen.add(key)
+    return kept
+
+
 def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
-    points = [r for r in rows if r["kind"] == "fewshot"]
+    points = distinct_baselines([r for r in rows if r["kind"] == "fewshot"])
     points.sort(key=lambda r: (r["data"], r["method"] != "zeroshot", r["method"], r["model"]))
     probes = [r for r in rows if r["kind"] == "attribute"]
     probes.sort(key=lambda r: (r["data"], r["attribute"], r["model"]))
