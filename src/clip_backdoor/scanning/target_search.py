@@ -17,8 +17,9 @@ target was not among the three candidates). It starts from a faint mask (0.02 ev
 takes large steps (Adam at lr 0.5) against CE + a fixed lambda of 0.01, so a pixel's mask grows
 only where the class's gradient outweighs lambda, and ranks classes by the probability a fresh
 batch then gives them: a backdoor's target is reached through its trigger's few pixels, an
-ordinary class is not. Measured on the v1 BadNet model (seed 0) over 22 classes, the target
-ranked first (0.91 against 0.79 for the next); other seeds and attacks check it in the zoo.
+ordinary class is not. Picked on the v1 BadNet model (seed 0) over 22 classes (the target
+first, 0.91 against 0.79); over all 100 in its zoo scan the target is first again (0.917
+against 0.847), and the whole search took 427 s instead of 634 s (results/scan.md).
 """
 
 from __future__ import annotations
