@@ -19,6 +19,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIP_BACKDOOR_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_where_auto():
+    """'auto' resolves to fp32 in the suite on every CPU: the tests assert numbers measured in
+    fp32 and CI machines differ (AVX2 only, avx512_bf16, AMX), and bf16 autocast of the tests'
+    tiny shapes is slower, not faster (an untrained ViT-B-32 scan step: 38 s in bf16 vs 6 s in
+    fp32 on an AMX Xeon). The CPU is made to report no bf16 flag; test_precision fakes the
+    flags of each kind of CPU and checks the real choice."""
+    import clip_backdoor.precision as precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_attack_cache(tmp_path_factory) -> str:
     """One cache for every module that runs test_poisoning's tiny attack, so it trains once per

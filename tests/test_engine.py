@@ -95,9 +95,12 @@ def test_recipe_errors_name_the_field(tmp_path):
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     steps = 40
     straight = write_recipe(tmp_path / "a.yaml", tiny_recipe(tmp_path / "a", steps))
-    subprocess.run(cli("pretrain", str(straight)), check=True, env=ENV, capture_output=True)
-    reference = load_clip(only_run(tmp_path / "a") / "artifacts" / "model").model
-
+    # the uninterrupted reference trains beside the run that is killed: one thread each
+    reference_log = tmp_path / "a.log"
+    with reference_log.open("w") as log:
+        reference_run = subprocess.Popen(
+            cli("pretrain", str(straight)), env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
     killed = write_recipe(tmp_path / "b.yaml", tiny_recipe(tmp_path / "b", steps))
     process = subprocess.Popen(
         cli("pretrain", str(killed)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -119,6 +122,8 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     assert not (run / "artifacts" / "model").exists()
 
     subprocess.run(cli("pretrain", "--resume", str(run)), check=True, env=ENV, capture_output=True)
+    assert reference_run.wait() == 0, reference_log.read_text()[-2000:]
+    reference = load_clip(only_run(tmp_path / "a") / "artifacts" / "model").model
     resumed = load_clip(run / "artifacts" / "model").model.clip.state_dict()
     for key, value in reference.clip.state_dict().items():
         assert torch.equal(value, resumed[key]), key
@@ -129,11 +134,16 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     steps = 6
     one = write_recipe(tmp_path / "one.yaml", tiny_recipe(tmp_path / "one", steps))
     two = write_recipe(tmp_path / "two.yaml", tiny_recipe(tmp_path / "two", steps))
-    subprocess.run(cli("pretrain", str(one)), check=True, env=ENV, capture_output=True)
+    single_log = tmp_path / "one.log"
+    with single_log.open("w") as log:  # beside the two ranks: one thread each, same arithmetic
+        single = subprocess.Popen(
+            cli("pretrain", str(one)), env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", "29533", "-m", "clip_backdoor", "pretrain", str(two)]
     result = subprocess.run(torchrun, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert single.wait() == 0, single_log.read_text()[-2000:]
     history_one = load_checkpoint(only_run(tmp_path / "one") / "artifacts")["history"]
     history_two = load_checkpoint(only_run(tmp_path / "two") / "artifacts")["history"]
     losses_one = torch.tensor([h[1] for h in history_one])
