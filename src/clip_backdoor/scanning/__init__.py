@@ -4,4 +4,9 @@ Scanners register in ``SCANNERS`` (one file each, ``base.Scanner``'s protocol); 
 runs them and combines their verdicts; ``report`` writes what a user reads.
 """
 
-from clip_backdoor.scanning import decree, prompt_inspector, target_search  # noqa: F401
+from clip_backdoor.scanning import (  # noqa: F401
+    decree,
+    perturbation_search,
+    prompt_inspector,
+    target_search,
+)

@@ -119,6 +119,7 @@ class Scanner:
     default_threshold = 0.0
     suspect_below = False
     needs_learner = False
+    in_all = True  # run under ``all``; False: only when named
 
     def __init__(self, **params) -> None:
         self.spec = validate(self.spec_type, params, f"scanner {self.name}")

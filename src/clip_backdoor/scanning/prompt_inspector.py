@@ -15,7 +15,6 @@ reach), in share of images; flagged above 0.3.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from tqdm import tqdm
 
@@ -24,6 +23,7 @@ from clip_backdoor.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
 from clip_backdoor.scanning.classes import ClassHead
 from clip_backdoor.scanning.classwise import ClasswiseSpec, classwise_search
+from clip_backdoor.scanning.perturbation import UniversalPerturbation
 
 
 class PromptInspectorSpec(ScannerSpec, ClasswiseSpec):
@@ -55,41 +55,21 @@ class PromptInspector(Scanner):
         classnames = subject.learner_classes or images.classnames
         learner = ClassHead(subject, classnames, spec.templates, True, precision)
         plain = ClassHead(subject, classnames, spec.templates, False, precision)
-        size = images.pixels.shape[-1]
-        step = spec.step_size or spec.eps / 4
         own = {n: i for i, n in enumerate(images.classnames)}
+        own = {c: own[n] for c, n in enumerate(classnames) if n in own}
         generator = torch.Generator().manual_seed(seed)
-        held = torch.randperm(len(images), generator=generator)[: spec.eval_images]
-
-        def others(target: int) -> int | None:
-            return own.get(classnames[target])  # the set's label of that class, if it has it
-
-        def ascend(head: ClassHead, target: int, steps: int) -> torch.Tensor:
-            delta = torch.zeros((1, 3, size, size), device=device, requires_grad=True)
-            exclude = others(target)
-            for _ in range(steps):
-                batch = images.batch(images.draw(generator, spec.batch_size, exclude), device)
-                with precision_mod.autocast(precision, device):
-                    logits = head.logits((batch + delta).clamp(0, 1)).float()
-                labels = torch.full((len(batch),), target, device=device)
-                loss = F.cross_entropy(logits, labels)
-                (grad,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    delta -= step * grad.sign()
-                    delta.clamp_(-spec.eps, spec.eps)
-            return delta.detach()
-
-        @torch.no_grad()
-        def reach(head: ClassHead, target: int, delta: torch.Tensor) -> float:
-            exclude = others(target)
-            index = held if exclude is None else held[images.labels[held] != exclude]
-            hits = 0
-            for start in range(0, len(index), 64):
-                batch = images.batch(index[start : start + 64], device)
-                with precision_mod.autocast(precision, device):
-                    logits = head.logits((batch + delta).clamp(0, 1))
-                hits += int((logits.argmax(dim=1) == target).sum())
-            return hits / max(len(index), 1)
+        search = UniversalPerturbation(
+            images,
+            own,
+            spec.eps,
+            spec.step_size or spec.eps / 4,
+            spec.batch_size,
+            spec.eval_images,
+            precision,
+            device,
+            generator,
+        )
+        ascend, reach = search.ascend, search.reach
 
         deltas: dict[int, torch.Tensor] = {}
         plain_reach: dict[int, float] = {}
@@ -118,10 +98,5 @@ class PromptInspector(Scanner):
             "eps": spec.eps,
             "candidates": [classnames[c] for c in result["candidates"]],
         }
-        delta = deltas[target][0].cpu()
-        example = images.batch(torch.tensor([0]), "cpu")[0]
-        pictures = {
-            "perturbation": (delta / (2 * spec.eps) + 0.5).clamp(0, 1),  # 0 shown as grey
-            "stamped": (example + delta).clamp(0, 1),
-        }
+        pictures = search.pictures(deltas[target])
         return score, classnames[target], evidence, pictures

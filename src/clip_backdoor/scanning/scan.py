@@ -28,7 +28,7 @@ from clip_backdoor.scanning.cache import (
 from clip_backdoor.scanning.subject import check_reference
 
 ALL = SCAN_ALL
-TARGET_PRIORITY = ("target_search", "prompt_inspector", "decree")
+TARGET_PRIORITY = ("target_search", "prompt_inspector", "perturbation_search", "decree")
 
 
 @dataclass
@@ -61,7 +61,10 @@ def build_scanners(names: str | list[str], params: dict | None = None) -> list[S
     import clip_backdoor.scanning  # noqa: F401  (fills the registry)
 
     params = params or {}
-    chosen = SCANNERS.names() if names == ALL else [names] if isinstance(names, str) else names
+    if names == ALL:  # an opt-in scanner (``in_all = False``) runs only when named
+        chosen = [n for n in SCANNERS.names() if getattr(SCANNERS.get(n), "in_all", True)]
+    else:
+        chosen = [names] if isinstance(names, str) else names
     unknown = [k for k in params if k not in chosen]
     if unknown:
         raise ConfigError(f"params for scanner '{unknown[0]}', which this scan does not run")

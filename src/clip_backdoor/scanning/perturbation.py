@@ -1,0 +1,78 @@
+"""A universal additive perturbation (||delta||_inf <= eps) that sends clean images of the other
+classes to one class through a class head, and how many held-out images it then sends there.
+
+Shared by ``prompt_inspector`` (through a prompt learner and the plain zero-shot head) and
+``perturbation_search`` (through a checkpoint's zero-shot head): signed-gradient descent on the
+cross-entropy to the class, projected to the budget after every step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clip_backdoor import precision as precision_mod
+from clip_backdoor.scanning.base import ScanImages
+from clip_backdoor.scanning.classes import ClassHead
+
+
+class UniversalPerturbation:
+    """``ascend(head, target, steps)`` -> delta (1, 3, H, W); ``reach(head, target, delta)`` ->
+    the share of held-out images of other classes it sends to ``target``. ``own`` maps a head's
+    class index to the image set's label of the same class (absent: the set has none)."""
+
+    def __init__(
+        self,
+        images: ScanImages,
+        own: dict[int, int],
+        eps: float,
+        step: float,
+        batch_size: int,
+        eval_images: int,
+        precision: str,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> None:
+        self.images, self.own, self.eps, self.step = images, own, eps, step
+        self.batch_size, self.precision, self.device = batch_size, precision, device
+        self.generator = generator
+        self.held = torch.randperm(len(images), generator=generator)[:eval_images]
+
+    def ascend(self, head: ClassHead, target: int, steps: int) -> torch.Tensor:
+        size = self.images.pixels.shape[-1]
+        delta = torch.zeros((1, 3, size, size), device=self.device, requires_grad=True)
+        exclude = self.own.get(target)
+        for _ in range(steps):
+            indices = self.images.draw(self.generator, self.batch_size, exclude)
+            batch = self.images.batch(indices, self.device)
+            with precision_mod.autocast(self.precision, self.device):
+                logits = head.logits((batch + delta).clamp(0, 1)).float()
+            labels = torch.full((len(batch),), target, device=self.device)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), delta)
+            with torch.no_grad():
+                delta -= self.step * grad.sign()
+                delta.clamp_(-self.eps, self.eps)
+        return delta.detach()
+
+    @torch.no_grad()
+    def reach(self, head: ClassHead, target: int, delta: torch.Tensor) -> float:
+        exclude = self.own.get(target)
+        index = self.held
+        if exclude is not None:
+            index = index[self.images.labels[index] != exclude]
+        hits = 0
+        for start in range(0, len(index), 64):
+            batch = self.images.batch(index[start : start + 64], self.device)
+            with precision_mod.autocast(self.precision, self.device):
+                logits = head.logits((batch + delta).clamp(0, 1))
+            hits += int((logits.argmax(dim=1) == target).sum())
+        return hits / max(len(index), 1)
+
+    def pictures(self, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The perturbation (0 shown as grey) and one clean image with it added."""
+        delta = delta[0].cpu()
+        example = self.images.batch(torch.tensor([0]), "cpu")[0]
+        return {
+            "perturbation": (delta / (2 * self.eps) + 0.5).clamp(0, 1),
+            "stamped": (example + delta).clamp(0, 1),
+        }

@@ -1,0 +1,121 @@
+"""Is a checkpoint backdoored with a full-image additive trigger (Blended, SIG)? Mask scanners
+(``decree``, ``target_search``) look for a small region that does the work; a faint trigger that
+covers the whole image has none, so they miss it (results/scan.md: SIG seed 0 escapes both).
+
+The same class-wise search as ``prompt_inspector``, through the checkpoint's own zero-shot head:
+per class c, one universal additive perturbation (||delta||_inf <= eps) optimised on clean
+images of the other classes to send them to c; its reach is the share of held-out images it
+sends there. A model that learnt to answer an additive signal with its target has one class a
+small budget reaches far more often than the rest. Score: the most reached class's reach minus
+the median reach of the fully searched classes; flagged above 0.3. With a clean ``--reference``
+of the same architecture, the same search runs on it for the candidate classes and the score is
+the largest gain in reach over the reference (a class every CLIP finds easy is not a target).
+Opt-in (not part of ``all``): its budget was set before any measurement, at 8/255 (the usual
+budget of universal perturbations), and it is judged in ``results/scan.md`` on its own rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from clip_backdoor import precision as precision_mod
+from clip_backdoor.registry import SCANNERS
+from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
+from clip_backdoor.scanning.cache import cached_number, scan_key
+from clip_backdoor.scanning.classes import ClassHead
+from clip_backdoor.scanning.classwise import ClasswiseSpec, classwise_search
+from clip_backdoor.scanning.perturbation import UniversalPerturbation
+
+
+class PerturbationSearchSpec(ScannerSpec, ClasswiseSpec):
+    eps: float = Field(8 / 255, gt=0, le=1, description="L-inf budget of the perturbation")
+    steps: int = Field(60, ge=1, description="descent steps per fully searched class")
+    step_size: float | None = Field(None, gt=0, description="per-step change (default eps / 4)")
+    batch_size: int = Field(16, ge=2)
+    eval_images: int = Field(128, ge=8, description="images the final reach is measured on")
+    templates: str = Field("simple", description="prompts of the zero-shot head")
+
+
+@SCANNERS.register("perturbation_search")
+class PerturbationSearch(Scanner):
+    name = "perturbation_search"
+    spec_type = PerturbationSearchSpec
+    default_threshold = 0.3
+    suspect_below = False
+    in_all = False
+
+    def reference_threshold(self, reference_score: float) -> float:
+        """Only used without a per-class comparison: the base's own score plus the margin."""
+        return max(reference_score, 0.0) + self.default_threshold
+
+    def searcher(self, subject: ScanSubject, images: ScanImages, seed: int):
+        spec, model = self.spec, subject.model
+        device = next(model.parameters()).device
+        precision = precision_mod.resolve(spec.precision, device)
+        model.eval().requires_grad_(False)
+        head = ClassHead(subject, images.classnames, spec.templates, False, precision)
+        own = {c: c for c in range(len(images.classnames))}
+        generator = torch.Generator().manual_seed(seed)
+        step = spec.step_size or spec.eps / 4
+        search = UniversalPerturbation(
+            images, own, spec.eps, step, spec.batch_size, spec.eval_images, precision, device,
+            generator,
+        )  # fmt: skip
+        return head, search, generator
+
+    def search(self, subject: ScanSubject, images: ScanImages, seed: int, progress: bool):
+        spec = self.spec
+        head, search, generator = self.searcher(subject, images, seed)
+        deltas: dict[int, torch.Tensor] = {}
+
+        def prescreen(c: int) -> float:
+            bar.update(1)
+            return search.reach(head, c, search.ascend(head, c, spec.prescreen_steps))
+
+        def refine(c: int) -> float:
+            deltas[c] = search.ascend(head, c, spec.steps)
+            return search.reach(head, c, deltas[c])
+
+        classes = list(range(len(images.classnames)))
+        bar = tqdm(total=len(classes), desc=self.name, disable=not progress, leave=False)
+        result = classwise_search(classes, prescreen, refine, spec, generator)
+        bar.close()
+        refined = result["refined"]
+        target = max(refined, key=refined.get)
+        typical = float(torch.tensor(list(refined.values())).median())
+        names = images.classnames
+        evidence = {
+            "reach": {names[c]: round(v, 4) for c, v in refined.items()},
+            "median_reach": typical,
+            "eps": spec.eps,
+            "candidates": [names[c] for c in result["candidates"]],
+            "controls": [names[c] for c in result["controls"]],
+        }
+        return refined[target] - typical, names[target], evidence, search.pictures(deltas[target])
+
+    def against_reference(
+        self, finding, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
+    ) -> None:
+        """The candidates' reach on the clean base, with the same search and seed: the score
+        becomes the largest gain in reach over the base, its class the suspected target."""
+        built = None
+        reach = finding.evidence["reach"]
+        gains = {}
+        names = list(dict.fromkeys([finding.target, *finding.evidence["candidates"]]))
+        for name in tqdm(names, desc=f"{self.name} (reference)", disable=not progress):
+            c = images.classnames.index(name)
+
+            def on_reference(c: int = c) -> float:
+                nonlocal built  # built only when some class is not cached yet
+                built = built or self.searcher(reference, images, seed)
+                head, search, _ = built
+                return search.reach(head, c, search.ascend(head, c, self.spec.steps))
+
+            key = scan_key("scan-reference-class", self, reference, images, seed, c)
+            gains[name] = reach[name] - cached_number(key, on_reference)
+        target = max(gains, key=gains.get)
+        finding.evidence.update(reference_gain=gains, anomaly_score=finding.score)
+        finding.score, finding.target = gains[target], target
+        finding.threshold = self.spec.threshold or self.default_threshold
