@@ -282,7 +282,9 @@ def vit_b_32():
     return model.eval(), tokenizer
 
 
-@pytest.mark.parametrize("name", ["decree", "target_search", "prompt_inspector", "cocoop"])
+@pytest.mark.parametrize(
+    "name", ["decree", "target_search", "perturbation_search", "prompt_inspector", "cocoop"]
+)
 def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
     """Every scanner on the full-size path; prompt_inspector through CoOp and CoCoOp (whose
     prompts depend on the image, so the perturbation's gradient runs through the meta-net)."""
@@ -301,6 +303,13 @@ def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
     few = {
         "decree": {"steps": 2, "batch_size": 2},
         "target_search": {"steps": 2, "prescreen_steps": 1, "batch_size": 2, "controls": 2},
+        "perturbation_search": {
+            "steps": 1,
+            "prescreen_steps": 1,
+            "batch_size": 2,
+            "eval_images": 8,
+            "controls": 2,
+        },
         "prompt_inspector": {
             "steps": 1,
             "prescreen_steps": 1,
