@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from clip_backdoor import precision as precision_mod
-from clip_backdoor.scanning.base import ScanImages
+from clip_backdoor.scanning.base import ScanImages, ScannerSpec
 from clip_backdoor.scanning.classes import ClassHead
+from clip_backdoor.scanning.classwise import ClasswiseSpec
+
+
+class PerturbationSpec(ScannerSpec, ClasswiseSpec):
+    """The settings of a class-wise universal-perturbation search (each scanner sets its eps)."""
+
+    eps: float = Field(2 / 255, gt=0, le=1, description="L-inf budget of the perturbation")
+    steps: int = Field(60, ge=1, description="descent steps per fully searched class")
+    step_size: float | None = Field(None, gt=0, description="per-step change (default eps / 4)")
+    batch_size: int = Field(16, ge=2)
+    eval_images: int = Field(128, ge=8, description="images the final reach is measured on")
+    templates: str = Field("simple", description="prompts of the zero-shot head")
 
 
 class UniversalPerturbation:

@@ -22,20 +22,15 @@ from tqdm import tqdm
 
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.registry import SCANNERS
-from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
+from clip_backdoor.scanning.base import ScanImages, Scanner, ScanSubject
 from clip_backdoor.scanning.cache import cached_number, scan_key
 from clip_backdoor.scanning.classes import ClassHead
-from clip_backdoor.scanning.classwise import ClasswiseSpec, classwise_search
-from clip_backdoor.scanning.perturbation import UniversalPerturbation
+from clip_backdoor.scanning.classwise import classwise_search
+from clip_backdoor.scanning.perturbation import PerturbationSpec, UniversalPerturbation
 
 
-class PerturbationSearchSpec(ScannerSpec, ClasswiseSpec):
+class PerturbationSearchSpec(PerturbationSpec):
     eps: float = Field(8 / 255, gt=0, le=1, description="L-inf budget of the perturbation")
-    steps: int = Field(60, ge=1, description="descent steps per fully searched class")
-    step_size: float | None = Field(None, gt=0, description="per-step change (default eps / 4)")
-    batch_size: int = Field(16, ge=2)
-    eval_images: int = Field(128, ge=8, description="images the final reach is measured on")
-    templates: str = Field("simple", description="prompts of the zero-shot head")
 
 
 @SCANNERS.register("perturbation_search")
