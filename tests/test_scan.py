@@ -224,6 +224,58 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     assert clean_search.score < search.score
 
 
+@pytest.fixture(scope="module")
+def tiny_sig(synthetic_clip, tmp_path_factory, tiny_attack_cache):
+    """The synthetic CLIP poisoned with SIG's full-image sinusoid (mini-CLIP's recipe's
+    amplitude, 60/255) towards 'red circle', 150 steps like tiny_zoo's BadNet: a trigger with no
+    small region for a mask to find. (artifact folder, ASR)."""
+    root = tmp_path_factory.mktemp("tiny_sig")
+    attack = {
+        "kind": "attack",
+        "method": "poison",
+        "params": {
+            "trigger": {"name": "sig", "params": {"delta": 60 / 255, "frequency": 6}},
+            "target": "red circle",
+            "ratio": 0.1,
+            "data": TINY_DATA,
+            "caption_templates": "simple",
+            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
+        },
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+        run = _tiny_run(synthetic_clip, attack, root)
+    return run.path / "artifacts" / "backdoor", run.metrics["evaluation"]["asr"]
+
+
+# 16/255: the tiny SIG trigger (60/255 on 32 px) is not reached at the scanner's default 8/255
+PERTURBATION = {
+    "perturbation_search": {"eps": 16 / 255, "steps": 30, "prescreen_steps": 4, "controls": 3}
+}
+
+
+def test_perturbation_search_flags_a_tiny_sig_backdoor_and_not_the_clean_fine_tune(
+    shared_cache, synthetic_clip, tiny_sig, tiny_zoo, tmp_path
+):
+    """Both scanned against their public base (the synthetic CLIP) with a 16/255 budget and the
+    scanner's threshold (a gain in reach of 0.3 over the base). Measured on AVX2: the SIG
+    backdoor's 'red circle' gains 0.44 in reach over the base (0.94 vs 0.50); the clean
+    fine-tune's best gain is 0.03. At the default 8/255 neither is flagged on this tiny model
+    (gains 0.07 and 0.19: red shapes are easy to reach in the synthetic world at any budget)."""
+    folder, asr = tiny_sig
+    assert asr > 0.9
+    runs, base = tmp_path / "runs", str(synthetic_clip)
+    only = {"scanners": ["perturbation_search"], "params": PERTURBATION, "reference": base}
+    report, _, _ = _scan(str(folder), runs, **only)
+    (finding,) = report.findings
+    assert report.verdict == "backdoored" and report.target == "red circle", report.summary()
+    assert finding.score == finding.evidence["reference_gain"]["red circle"] > 0.3
+    clean, _, _ = _scan(str(tiny_zoo[2]), runs, **only)
+    (calm,) = clean.findings
+    assert clean.verdict == "clean" and calm.score < 0.3, clean.summary()
+    assert calm.score < finding.score
+
+
 def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     shared_cache, synthetic_clip, tiny_backdoor, tmp_path
 ):
