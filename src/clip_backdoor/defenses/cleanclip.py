@@ -24,7 +24,7 @@ from clip_backdoor.defenses.ft import FineTune
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.loss import contrastive_targets, distributed_clip_loss
-from clip_backdoor.engine.pairs import ImageTextPairs, single_thread
+from clip_backdoor.engine.pairs import ImageTextPairs, seeded_cpu_rng, single_thread
 from clip_backdoor.models import PixelCLIP
 from clip_backdoor.registry import DEFENSES
 
@@ -70,8 +70,7 @@ class SelfSupervisedPairs(Dataset):
     def __getitem__(self, index: int):
         image, tokens, group = self.pairs[index]
         caption = self.pairs.caption(index, image)
-        with torch.random.fork_rng(devices=[]), single_thread():
-            torch.manual_seed(self.pairs.item_seed(index) ^ 0x5EED)
+        with seeded_cpu_rng(self.pairs.item_seed(index) ^ 0x5EED), single_thread():
             view = self.autoaugment(self.pairs.plain_image(index)).float() / 255
         return image, tokens, group, view, self.eda_tokens(caption)
 

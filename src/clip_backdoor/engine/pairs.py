@@ -97,6 +97,17 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int):
+    """Random draws inside come from the CPU generator seeded with ``seed``; its state outside
+    is left as it was. Not ``torch.manual_seed``: that also seeds every accelerator backend, and
+    on torch 2.13 the unused MTIA backend queues the call with a formatted stack trace, which
+    per image was 40% of a poisoning run's data loading (py-spy, mini-CLIP on the CPU)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def decode(ref: str | int, synthetic: SyntheticShapes | None) -> torch.Tensor:
     """An image reference (file path or synthetic index) as a uint8 (3, h, w) tensor."""
     if isinstance(ref, str):
@@ -271,8 +282,7 @@ class ImageTextPairs(Dataset):
 
     def augmented(self, index: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """The item's augmented view for this epoch (``pixels`` replaces the stored image)."""
-        with torch.random.fork_rng(devices=[]), single_thread():
-            torch.manual_seed(self.item_seed(index))
+        with seeded_cpu_rng(self.item_seed(index)), single_thread():
             return self.transform(self.raw(index) if pixels is None else pixels)
 
     def pick_caption(self, index: int, captions: Sequence[str]) -> str:

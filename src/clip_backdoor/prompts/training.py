@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from clip_backdoor import precision as precision_mod
 from clip_backdoor.config_base import Strict
+from clip_backdoor.engine.pairs import seeded_cpu_rng
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts.base import PromptLearner
 
@@ -75,8 +76,7 @@ class AugmentedViews:
         image = self.images[index]
         if self.views == 0:
             return image
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + index * 1_009 + view) % 2**31)
+        with seeded_cpu_rng((self.seed * 1_000_003 + index * 1_009 + view) % 2**31):
             return self.transform(image).clamp(0, 1)
 
     def batch(self, indices: Sequence[int], views: Sequence[int]) -> torch.Tensor:
