@@ -441,3 +441,29 @@ def test_calibration_on_clean_references_is_leave_one_out():
     assert marks[("bd", "combined")] == "backdoored"
     # pairs (backdoored more suspicious than clean): bd beats 3, weak beats 2 of 3
     assert auroc([r for r in rows if r["scanner"] == "decree"]) == pytest.approx(5 / 6)
+
+
+def test_a_one_scanner_scan_counts_on_its_scanner_line_not_the_combined_one(tmp_path):
+    """perturbation_search scanned alone: its combined row is its own verdict, so the zoo's
+    `combined` line (the scan's verdict over several scanners) leaves it out."""
+    from clip_backdoor.reports.scan import scan_rows, write_scan
+
+    def metrics(scanners: list[str], verdict: str) -> dict:
+        findings = [
+            {"scanner": s, "score": 0.5, "threshold": 0.3, "suspect_below": False,
+             "verdict": verdict, "target": "accordion", "seconds": 1.0}
+            for s in scanners
+        ]  # fmt: skip
+        scan = {"scanners": findings, "score": 0.6, "verdict": verdict, "target": "accordion"}
+        scan["truth"] = {"attacked": True, "target": "accordion"}
+        return {"attack": {"asr": 0.9}, "scan.scan": scan}
+
+    rows = []
+    for name, scanners in (("alone", ["perturbation_search"]), ("both", ["decree", "x"])):
+        config = {"name": name, "seed": 0, "model": {"name": "m"}}
+        rows += scan_rows(metrics(scanners, "backdoored"), config)
+    text = write_scan(rows, [], tmp_path, "scan_runs.json")
+    line = next(r for r in text.splitlines() if r.startswith("| combined |"))
+    assert "| 1/1 |" in line  # the two-scanner scan only
+    line = next(r for r in text.splitlines() if r.startswith("| perturbation_search |"))
+    assert "| 1/1 |" in line

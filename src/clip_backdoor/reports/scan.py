@@ -146,6 +146,8 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
                 "target_found": scan.get("target") or "",
                 "seconds": scan.get("seconds", math.nan),
                 "mask_on_trigger": math.nan,
+                # one scanner's scan: its combined row is that scanner's verdict, not the zoo's
+                "single_scanner": len(scan.get("scanners", [])) == 1,
             }
         )
     return rows
@@ -292,7 +294,7 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
     scanners = sorted({r["scanner"] for r in rows})
     summary = []
     for scanner in scanners:
-        part = [r for r in rows if r["scanner"] == scanner]
+        part = [r for r in rows if r["scanner"] == scanner and not r.get("single_scanner")]
         flagged = [r for r in part if r["truth"] == "backdoored" and r["verdict"] == "backdoored"]
         positives = [r for r in part if r["truth"] == "backdoored"]
         false = [r for r in part if r["truth"] == "clean" and r["verdict"] == "backdoored"]
@@ -323,7 +325,9 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
         "Recorded by the run after the scan; the scan saw only the model and clean images. "
         "Verdict: at the scanners' default thresholds. Calibrated: each scanner's threshold "
         "set on the zoo's clean references, leave-one-out (a reference is judged against the "
-        "other references only), flagged when more suspicious than all of them by 10%.\n\n"
+        "other references only), flagged when more suspicious than all of them by 10%. "
+        "The `combined` line counts the scans of several scanners (a one-scanner scan, e.g. "
+        "the opt-in perturbation_search alone, counts on its scanner's line only).\n\n"
         + markdown_table(
             [
                 "scanner",
