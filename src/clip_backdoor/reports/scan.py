@@ -162,7 +162,7 @@ def calibrate(rows: list[dict], band: float = 0.1) -> None:
     """Add ``verdict_calibrated``: each scanner's threshold set on the zoo's clean references,
     leave-one-out (a reference is judged against the others only): flagged when more
     suspicious than every other clean reference by more than ``band`` of that reference's
-    score. The combined row is flagged when any scanner of the same scan is."""
+    score. The combined row is flagged when any scanner of the same scan (stage) is."""
     key = lambda r: (r["model"], r["seed"])  # noqa: E731  (one scan of one model)
     for scanner in {r["scanner"] for r in rows} - {"combined"}:
         part = [r for r in rows if r["scanner"] == scanner]
@@ -175,9 +175,10 @@ def calibrate(rows: list[dict], band: float = 0.1) -> None:
             limit = max(others)
             past = _oriented(row) - limit > band * abs(limit)
             row["verdict_calibrated"] = "backdoored" if past else "clean"
+    scan = lambda r: (*key(r), r.get("scan_folder", ""))  # noqa: E731  (a run may scan twice)
     for row in rows:
         if row["scanner"] == "combined":
-            same = [r for r in rows if key(r) == key(row) and r["scanner"] != "combined"]
+            same = [r for r in rows if scan(r) == scan(row) and r["scanner"] != "combined"]
             marks = {r.get("verdict_calibrated", "-") for r in same}
             row["verdict_calibrated"] = (
                 "-" if marks <= {"-"} else "backdoored" if "backdoored" in marks else "clean"
