@@ -467,3 +467,8 @@ def test_a_one_scanner_scan_counts_on_its_scanner_line_not_the_combined_one(tmp_
     assert "| 1/1 |" in line  # the two-scanner scan only
     line = next(r for r in text.splitlines() if r.startswith("| perturbation_search |"))
     assert "| 1/1 |" in line
+    # against a reference the score is in another unit: its own line
+    judged = metrics(["target_search"], "clean")
+    judged["scan.scan"]["reference"] = "mini-clip"
+    (row, _) = scan_rows(judged, {"name": "ref", "seed": 0, "model": {"name": "m"}})
+    assert row["scanner"] == "target_search vs reference"

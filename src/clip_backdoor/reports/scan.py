@@ -119,11 +119,14 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
         scan_folder = Path(scan.get("folder", ""))
         if folder is not None:
             scan_folder = folder / "scans" / label
+        # against a reference a scanner's score changes unit (e.g. a log mask ratio, not an
+        # anomaly index): its rows get a line of their own
+        suffix = " vs reference" if scan.get("reference") else ""
         for finding in scan.get("scanners", []):
             rows.append(
                 {
                     **base,
-                    "scanner": finding["scanner"],
+                    "scanner": finding["scanner"] + suffix,
                     "score": finding["score"],
                     "threshold": finding["threshold"],
                     "suspect_below": finding["suspect_below"],
