@@ -316,8 +316,9 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     lines = (tmp_path / "results" / "scan.csv").read_text().splitlines()
     assert lines[0].split(",") == SCAN_COLUMNS
     rows = [dict(zip(SCAN_COLUMNS, line.split(","), strict=True)) for line in lines[1:]]
-    assert {r["scanner"] for r in rows} == {"target_search", "combined"}
-    search = next(r for r in rows if r["scanner"] == "target_search")
+    # judged against the synthetic CLIP: the reference's own line
+    assert {r["scanner"] for r in rows} == {"target_search vs reference", "combined"}
+    search = next(r for r in rows if r["scanner"] == "target_search vs reference")
     assert search["truth"] == "backdoored" and search["attack"] == "badnet"
     assert search["target_true"] == search["target_found"] == "red circle"
     share = float(search["mask_on_trigger"])  # the 8-px patch is 6% of the 32-px image
