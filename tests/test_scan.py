@@ -217,6 +217,12 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     for first, second in zip(report.findings, again.findings, strict=True):
         assert {**second.summary(), "reused": False} == {**first.summary(), "reused": False}
         assert all(torch.equal(first.images[k], second.images[k]) for k in first.images)
+    # the search does not depend on the reference: the plain scan reads the same search back
+    plain, _, _ = _scan(str(bare), tmp_path / "runs")
+    assert all(f.reused for f in plain.findings)
+    plain_search = {f.scanner: f for f in plain.findings}["target_search"]
+    assert plain_search.score == search.evidence["anomaly_index"]
+    assert plain_search.evidence["mask_share"] == search.evidence["mask_share"]
 
     clean, _, _ = _scan(str(clean_ft), tmp_path / "runs", reference=base)
     clean_search = {f.scanner: f for f in clean.findings}["target_search"]
@@ -317,7 +323,7 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     assert lines[0].split(",") == SCAN_COLUMNS
     rows = [dict(zip(SCAN_COLUMNS, line.split(","), strict=True)) for line in lines[1:]]
     # judged against the synthetic CLIP: the reference's own line
-    assert {r["scanner"] for r in rows} == {"target_search vs reference", "combined"}
+    assert {r["scanner"] for r in rows} == {"target_search vs reference", "combined vs reference"}
     search = next(r for r in rows if r["scanner"] == "target_search vs reference")
     assert search["truth"] == "backdoored" and search["attack"] == "badnet"
     assert search["target_true"] == search["target_found"] == "red circle"
@@ -471,5 +477,6 @@ def test_a_one_scanner_scan_counts_on_its_scanner_line_not_the_combined_one(tmp_
     # against a reference the score is in another unit: its own line
     judged = metrics(["target_search"], "clean")
     judged["scan.scan"]["reference"] = "mini-clip"
-    (row, _) = scan_rows(judged, {"name": "ref", "seed": 0, "model": {"name": "m"}})
+    (row, verdict) = scan_rows(judged, {"name": "ref", "seed": 0, "model": {"name": "m"}})
     assert row["scanner"] == "target_search vs reference"
+    assert verdict["scanner"] == "combined vs reference"  # not counted with the plain verdicts

@@ -10,6 +10,7 @@ The suspected target comes from the scanners that flag, class-wise searches firs
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -114,27 +115,47 @@ def scan_one(
     """One scanner's finding, judged against the reference when there is one. A finding is a
     function of the weights, the images, the scanner's settings, the seed and the reference, so
     it is computed once: a scan stage re-run, a matrix cell resumed or a report rebuilt reads it
-    back (``reused`` says so) instead of searching again."""
+    back (``reused`` says so) instead of searching again. The search itself does not depend on
+    the reference, only the judgement does: a model scanned both plainly and against its base
+    searches once."""
     key = scan_key("scan-finding", scanner, subject, images, seed)
     if reference is not None:
         key = cache_key(key, subject_fingerprint(reference))
     folder = cache_root() / "scans" / "findings" / key
     if (folder / "finding.json").is_file():
         return load_finding(folder)
-    compare = reference is not None and scanner.applies(reference)
-    per_class = compare and hasattr(scanner, "against_reference")
-    reference_score = None
-    if compare and not per_class:
-        reference_score = reference_score_cached(scanner, reference, images, seed, progress)
-    finding = scanner.scan(subject, images, seed, progress, reference_score)
-    if per_class:  # the same classes searched on the reference: judged class by class
-        start = time.perf_counter()
-        scanner.against_reference(finding, reference, images, seed, progress)
-        finding.seconds += time.perf_counter() - start
-        finding.verdict = judge(
-            finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
-        )
+    if reference is None or not scanner.applies(reference):
+        finding = scanner.scan(subject, images, seed, progress)
+    else:
+        plain = scan_one(scanner, subject, images, seed, None, progress)
+        finding = judged_against_reference(scanner, plain, reference, images, seed, progress)
     save_finding(finding, folder)
+    return finding
+
+
+def judged_against_reference(
+    scanner: Scanner,
+    plain: Finding,
+    reference: ScanSubject,
+    images: ScanImages,
+    seed: int,
+    progress: bool,
+) -> Finding:
+    """The plain finding held against a clean reference: class by class where the scanner can
+    (the same classes searched on the reference), else against the reference's own score."""
+    finding = copy.deepcopy(plain)
+    finding.reused = False
+    start = time.perf_counter()
+    if hasattr(scanner, "against_reference"):
+        scanner.against_reference(finding, reference, images, seed, progress)
+    else:
+        finding.reference_score = reference_score_cached(scanner, reference, images, seed, progress)
+        if scanner.spec.threshold is None:
+            finding.threshold = float(scanner.reference_threshold(finding.reference_score))
+    finding.seconds += time.perf_counter() - start
+    finding.verdict = judge(
+        finding.score, finding.threshold, finding.suspect_below, scanner.spec.band
+    )
     return finding
 
 
