@@ -85,6 +85,32 @@ def test_a_class_search_does_not_depend_on_the_classes_searched_before_it(tiny):
     assert ClassInverter(spec, subject, images, seed=1).refine(2) != alone
 
 
+def test_a_lines_perturbation_is_a_row_profile_plus_a_column_profile(tiny):
+    """The 'lines' basis (stripes and grids) has 6 x size degrees of freedom, not 3 x size^2:
+    every 2x2 minor of delta cancels while no value is clipped, and the budget holds."""
+    from clip_backdoor.scanning.base import ScanImages, ScanSubject
+    from clip_backdoor.scanning.classes import ClassHead
+    from clip_backdoor.scanning.perturbation import UniversalPerturbation
+
+    subject = ScanSubject(tiny.model.eval().requires_grad_(False), tiny.tokenizer, "mini-tiny")
+    pixels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator())
+    images = ScanImages(pixels, torch.arange(12) % 3, ["cat", "dog", "car"], "random")
+    head = ClassHead(subject, images.classnames, "simple", False)
+    deltas = {}
+    for basis, eps in (("lines", 1.0), ("lines", 0.1), ("pixels", 0.1)):
+        search = UniversalPerturbation(
+            images, {0: 0, 1: 1, 2: 2}, eps, eps / 4, 4, 8, "fp32", torch.device("cpu"),
+            torch.Generator().manual_seed(0), basis,
+        )  # fmt: skip
+        deltas[basis, eps] = search.ascend(head, 2, 2)[0]
+    free = deltas["lines", 1.0]  # 2 steps of eps/4 per profile: their sum is never clipped
+    minors = free - free[:, :1, :] - free[:, :, :1] + free[:, :1, :1]
+    assert minors.abs().max() < 1e-6 and free.abs().max() > 0.3
+    assert deltas["lines", 0.1].abs().max() <= 0.1 + 1e-7
+    pixel = deltas["pixels", 0.1]
+    assert (pixel - pixel[:, :1, :] - pixel[:, :, :1] + pixel[:, :1, :1]).abs().max() > 0.05
+
+
 def test_verdicts_combine_by_the_largest_margin():
     from clip_backdoor.scanning.base import Finding, judge
     from clip_backdoor.scanning.scan import combine

@@ -8,6 +8,8 @@ cross-entropy to the class, projected to the budget after every step.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -27,6 +29,12 @@ class PerturbationSpec(ScannerSpec, ClasswiseSpec):
     batch_size: int = Field(16, ge=2)
     eval_images: int = Field(128, ge=8, description="images the final reach is measured on")
     templates: str = Field("simple", description="prompts of the zero-shot head")
+    basis: Literal["pixels", "lines"] = Field(
+        "pixels",
+        description="pixels: one value per pixel; lines: a row profile plus a column profile "
+        "per channel (6 x size values: stripes and grids, the shape of full-image periodic "
+        "triggers such as SIG's, with far fewer degrees of freedom than pixels)",
+    )
 
 
 class UniversalPerturbation:
@@ -45,27 +53,41 @@ class UniversalPerturbation:
         precision: str,
         device: torch.device,
         generator: torch.Generator,
+        basis: str = "pixels",
     ) -> None:
         self.images, self.own, self.eps, self.step = images, own, eps, step
+        self.basis = basis
         self.batch_size, self.precision, self.device = batch_size, precision, device
         self.generator = generator
         self.held = torch.randperm(len(images), generator=generator)[:eval_images]
 
-    def ascend(self, head: ClassHead, target: int, steps: int) -> torch.Tensor:
+    def parts(self) -> list[torch.Tensor]:
+        """The optimised values: the whole delta, or its row and column profiles."""
         size = self.images.pixels.shape[-1]
-        delta = torch.zeros((1, 3, size, size), device=self.device, requires_grad=True)
+        shapes = (
+            [(1, 3, size, size)] if self.basis == "pixels" else [(1, 3, 1, size), (1, 3, size, 1)]
+        )
+        return [torch.zeros(shape, device=self.device, requires_grad=True) for shape in shapes]
+
+    def compose(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        delta = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return delta.clamp(-self.eps, self.eps)
+
+    def ascend(self, head: ClassHead, target: int, steps: int) -> torch.Tensor:
+        parts = self.parts()
         exclude = self.own.get(target)
         for _ in range(steps):
             indices = self.images.draw(self.generator, self.batch_size, exclude)
             batch = self.images.batch(indices, self.device)
             with precision_mod.autocast(self.precision, self.device):
-                logits = head.logits((batch + delta).clamp(0, 1)).float()
+                logits = head.logits((batch + self.compose(parts)).clamp(0, 1)).float()
             labels = torch.full((len(batch),), target, device=self.device)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels), delta)
+            grads = torch.autograd.grad(F.cross_entropy(logits, labels), parts)
             with torch.no_grad():
-                delta -= self.step * grad.sign()
-                delta.clamp_(-self.eps, self.eps)
-        return delta.detach()
+                for part, grad in zip(parts, grads, strict=True):
+                    part -= self.step * grad.sign()
+                    part.clamp_(-self.eps, self.eps)
+        return self.compose(parts).detach()
 
     @torch.no_grad()
     def reach(self, head: ClassHead, target: int, delta: torch.Tensor) -> float:

@@ -56,7 +56,7 @@ class PerturbationSearch(Scanner):
         step = spec.step_size or spec.eps / 4
         search = UniversalPerturbation(
             images, own, spec.eps, step, spec.batch_size, spec.eval_images, precision, device,
-            generator,
+            generator, spec.basis,
         )  # fmt: skip
         return head, search, generator
 

@@ -62,6 +62,7 @@ class PromptInspector(Scanner):
             precision,
             device,
             generator,
+            spec.basis,
         )
         ascend, reach = search.ascend, search.reach
 
