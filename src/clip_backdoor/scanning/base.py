@@ -152,19 +152,16 @@ class Scanner:
         images: ScanImages,
         seed: int,
         progress: bool = False,
-        reference_score: float | None = None,
     ) -> Finding:
+        """The search at the default threshold; ``scan.judged_against_reference`` re-judges it
+        against a clean reference."""
         self.check(subject, images)
         start = time.perf_counter()
         score, target, evidence, pictures = self.search(subject, images, seed, progress)
         seconds = time.perf_counter() - start
         threshold = self.spec.threshold
         if threshold is None:
-            threshold = (
-                self.default_threshold
-                if reference_score is None
-                else self.reference_threshold(reference_score)
-            )
+            threshold = self.default_threshold
         verdict = judge(score, threshold, self.suspect_below, self.spec.band)
         return Finding(
             self.name,
@@ -176,5 +173,4 @@ class Scanner:
             evidence,
             pictures,
             seconds,
-            reference_score,
         )
