@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from clip_backdoor.data_scan.base import PairEmbeddings, build_detector
+from clip_backdoor.data_scan.safeclip import Envelope, LogOdds, pair_cosines
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.methods import register_methods
 from clip_backdoor.registry import DATA_DETECTORS
@@ -59,6 +60,34 @@ def test_safeclip_ranks_the_far_tail_below_a_narrow_low_component_most_suspect()
     assert roc_auc_score(truth, scores) == 1.0
     order = np.argsort(cosine)
     assert (np.diff(scores[order]) <= 1e-12).all()  # never more suspect as agreement grows
+
+
+@pytest.mark.parametrize("low_sd,high_sd", [(0.01, 0.1), (0.1, 0.01), (0.05, 0.05)])
+def test_safeclip_scores_in_blocks_equal_the_running_maximum_over_a_sort_of_the_mix(
+    low_sd, high_sd
+):
+    """The closed form that keeps SafeCLIP's memory flat (three numbers of the whole mix, then
+    blocks of 7 rows) must give exactly the envelope a sort of the whole mix gives, whether the
+    log-odds are convex, concave or linear in the cosine."""
+    rng = np.random.default_rng(1)
+    cosine = np.concatenate([rng.normal(0.2, low_sd, 300), rng.normal(0.6, high_sd, 300), [-0.3]])
+    cosine = np.clip(cosine, -0.99, 0.99)
+    pairs = PairEmbeddings(
+        np.tile([1.0, 0.0], (len(cosine), 1)), np.stack([cosine, np.sqrt(1 - cosine**2)], axis=1)
+    )
+    cosine = pair_cosines(pairs)  # as the detector sees them (float32 embeddings)
+    log_odds = LogOdds.fit(cosine, seed=0)
+    f = log_odds(cosine)
+    order = np.argsort(-cosine, kind="stable")  # most agreeing first
+    expected = np.empty_like(f)
+    expected[order] = np.maximum.accumulate(f[order])
+    peak = int(np.argmax(f))
+    below = cosine < cosine[peak]
+    expected[below] = f[peak] + (cosine[peak] - cosine[below])
+    envelope = Envelope.over(pairs, log_odds, rows=7)
+    got = np.concatenate([envelope(cosine[i : i + 7]) for i in range(0, len(cosine), 7)])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(build_detector("safeclip").score(pairs), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("space", ["image", "pair"])

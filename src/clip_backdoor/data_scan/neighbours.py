@@ -80,5 +80,14 @@ class Neighbourhood:
 
 def by_rows(n: int, block, rows: int = ROWS) -> np.ndarray:
     """``block(slice)`` over consecutive slices of ``rows`` rows, concatenated: temporaries of
-    shape (rows, k) instead of (N, k), so scratch memory stays flat in the mix size."""
-    return np.concatenate([block(slice(i, min(i + rows, n))) for i in range(0, n, rows)])
+    shape (rows, k) instead of (N, k), so scratch memory stays flat in the mix size: each block
+    is written into the output as it comes, never held in a list beside it."""
+    out = None
+    for start in range(0, n, rows):
+        part = block(slice(start, min(start + rows, n)))
+        if out is None:
+            out = np.empty((n, *part.shape[1:]), dtype=part.dtype)
+        out[start : start + len(part)] = part
+    if out is None:
+        raise ValueError("by_rows needs at least one row")
+    return out
