@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -356,6 +357,15 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     share = float(search["mask_on_trigger"])  # the 8-px patch is 6% of the 32-px image
     assert 0.0 <= share <= 1.0
     assert "flagged backdoored" in text
+
+    # a later run of the same recipe and seed replaces the earlier one: one model, one point
+    later = result.path.with_name("29991231-235959-" + result.path.name.split("-", 2)[2])
+    shutil.copytree(result.path, later)
+    assert write_summary("scan", [str(later)], tmp_path / "results") == text.replace(
+        result.path.name, later.name
+    )
+    ledger = json.loads((tmp_path / "results" / "scan_runs.json").read_text())
+    assert [record["run"] for record in ledger] == [later.name]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,9 @@ class Table:
     rows: Callable[[dict, dict, Path], list[dict]]  # (metrics, config, run folder) -> rows
     write: Callable[[list[dict], list[str], Path, str], str]  # (rows, sources, out, ledger)
     source_note: Callable[[dict], str] | None = None  # more provenance from a run's metrics
+    # one run per run name and seed: a later run of a recipe replaces the earlier one (where each
+    # run is one point, e.g. one model of the scan zoo's ROC, and must not be counted twice)
+    latest_run_only: bool = False
 
 
 def read_run(folder: Path) -> tuple[dict, dict]:

@@ -359,4 +359,4 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
     return text
 
 
-TABLE = Table("scan", scan_rows, write_scan)
+TABLE = Table("scan", scan_rows, write_scan, latest_run_only=True)

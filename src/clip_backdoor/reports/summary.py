@@ -4,12 +4,16 @@ Each table names the recipes and the commits that produced its rows, so anyone c
 Run folders are git-ignored and die with the machine, so every summarised run also leaves a
 record (its rows and where they came from) in ``results/<table>_runs.json``: a later call adds or
 replaces runs in that ledger and rewrites the table from all of it, so rows measured in earlier
-sessions are kept without their folders. ``--fresh`` starts the ledger over.
+sessions are kept without their folders. In a table where each run is one point (the scan zoo:
+one model each), a later run of the same run name and seed (a recipe run again, e.g. after it
+gained a stage) replaces the earlier one, so no model is counted twice.
+``--fresh`` starts the ledger over.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from clip_backdoor.errors import UserError
@@ -73,6 +77,12 @@ def run_record(table: str, folder: Path) -> dict:
     return {"run": folder.name, "source": source, "rows": rows}
 
 
+def rerun_key(record: dict) -> tuple[str, str]:
+    """(run name without its timestamp, seed): the same for two runs of one recipe and seed."""
+    seed = re.search(r", seed (\S+?),", record["source"])
+    return re.sub(r"^\d{8}-\d{6}-", "", record["run"]), seed.group(1) if seed else "?"
+
+
 def ledger_path(table: str, out: Path) -> Path:
     return out / f"{table}_runs.json"
 
@@ -97,6 +107,9 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
     ledger = {} if fresh else read_ledger(ledger_path(table, out))
     new = [run_record(table, Path(run)) for run in runs]  # read all before writing anything
     ledger.update({record["run"]: record for record in new})
+    if tables()[table].latest_run_only:
+        latest = {rerun_key(record): name for name, record in sorted(ledger.items())}
+        ledger = {name: ledger[name] for name in latest.values()}
     if not ledger:
         raise UserError(f"no runs to summarise: give run folders (none recorded in {out})")
     records = [ledger[name] for name in sorted(ledger)]
