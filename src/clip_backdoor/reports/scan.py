@@ -115,6 +115,7 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
             "target_true": truth.get("target") or "",
             "seed": config.get("seed"),
             "scan_folder": str(folder / "scans" / label) if folder is not None else "",
+            "trigger_position": trigger_position(metrics),
         }
         scan_folder = Path(scan.get("folder", ""))
         if folder is not None:
@@ -154,6 +155,37 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
             }
         )
     return rows
+
+
+def trigger_position(metrics: dict) -> dict | None:
+    """The run's trigger_position analysis, if it ran: {trained, asr: {position: rate}}."""
+    return next(
+        (v for k, v in metrics.items() if k.startswith("analysis.") and "trained" in v), None
+    )
+
+
+def position_section(rows: list[dict]) -> str:
+    """ASR with each model's own patch pasted at each placement rule: is the backdoor tied to
+    where the patch was stamped (what the mask-on-trigger share assumes)?"""
+    found = {}
+    for r in rows:
+        if r.get("trigger_position"):
+            found[(r["model"], r["attack"], r["seed"])] = r["trigger_position"]
+    if not found:
+        return ""
+    positions = list(dict.fromkeys(p for f in found.values() for p in f["asr"]))
+    body = [
+        [model, attack, seed, f["trained"]]
+        + [100 * f["asr"][p] if p in f["asr"] else "-" for p in positions]
+        for (model, attack, seed), f in sorted(found.items(), key=lambda kv: str(kv[0]))
+    ]
+    return (
+        "\n\nPatch triggers pasted elsewhere (analysis `trigger_position`): ASR % of each "
+        "backdoored model with its own patch pasted at each placement rule. Where it fires away "
+        "from where it was trained, an inverted mask is free to lie elsewhere, and its share on "
+        "the true patch says little.\n\n"
+        + markdown_table(["model", "attack", "seed", "trained at", *positions], body)
+    )
 
 
 def is_combined(row: dict) -> bool:
@@ -350,6 +382,7 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
             ],
             summary,
         )
+        + position_section(rows)
         + "\n\n"
         + markdown_table(headers, body)
         + "\n\n"
