@@ -303,6 +303,9 @@ def test_perturbation_search_flags_a_tiny_sig_backdoor_and_not_the_clean_fine_tu
     (finding,) = report.findings
     assert report.verdict == "backdoored" and report.target == "red circle", report.summary()
     assert finding.score == finding.evidence["reference_gain"]["red circle"] > 0.3
+    # every class pre-screened on both; the classes that gained most were searched fully too
+    assert set(finding.evidence["reach"]) < set(finding.evidence["prescreen"])
+    assert set(finding.evidence["reference_candidates"]) <= set(finding.evidence["reach"])
     clean, _, _ = _scan(str(tiny_zoo[2]), runs, **only)
     (calm,) = clean.findings
     assert clean.verdict == "clean" and calm.score < 0.3, clean.summary()

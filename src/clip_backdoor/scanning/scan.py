@@ -128,7 +128,9 @@ def scan_one(
         finding = scanner.scan(subject, images, seed, progress)
     else:
         plain = scan_one(scanner, subject, images, seed, None, progress)
-        finding = judged_against_reference(scanner, plain, reference, images, seed, progress)
+        finding = judged_against_reference(
+            scanner, plain, subject, reference, images, seed, progress
+        )
     save_finding(finding, folder)
     return finding
 
@@ -136,6 +138,7 @@ def scan_one(
 def judged_against_reference(
     scanner: Scanner,
     plain: Finding,
+    subject: ScanSubject,
     reference: ScanSubject,
     images: ScanImages,
     seed: int,
@@ -147,7 +150,7 @@ def judged_against_reference(
     finding.reused = False
     start = time.perf_counter()
     if hasattr(scanner, "against_reference"):
-        scanner.against_reference(finding, reference, images, seed, progress)
+        scanner.against_reference(finding, subject, reference, images, seed, progress)
     else:
         finding.reference_score = reference_score_cached(scanner, reference, images, seed, progress)
         if scanner.spec.threshold is None:

@@ -97,7 +97,13 @@ class TargetSearch(Scanner):
         return float(index[top]), images.classnames[target], evidence, pictures
 
     def against_reference(
-        self, finding, reference: ScanSubject, images: ScanImages, seed: int, progress: bool
+        self,
+        finding,
+        subject: ScanSubject,
+        reference: ScanSubject,
+        images: ScanImages,
+        seed: int,
+        progress: bool,
     ) -> None:
         """With a clean base: is the class this model finds easiest to reach (the anomaly
         search's target) much easier than it is in the base? The same search for the candidate
