@@ -15,6 +15,7 @@ from pydantic import Field
 from clip_backdoor.config_base import Strict, validate
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import evaluate_zeroshot, resolve_templates
+from clip_backdoor.evaluation.zeroshot import text_classifier
 from clip_backdoor.registry import ANALYSES
 from clip_backdoor.triggers import get as get_trigger
 from clip_backdoor.triggers.base import Trigger
@@ -56,26 +57,32 @@ class TriggerPosition:
             raise ConfigError("analysis trigger_position needs an attacked model and its target")
         trained = ctx.trigger.params.get("position")
         triggers = {position: moved(ctx.trigger, position) for position in self.spec.positions}
-        templates = resolve_templates(ctx.recipe.evaluation.templates)
+        ev = ctx.recipe.evaluation
+        templates = resolve_templates(ev.templates)
+        data = ctx.test_set
+        classifier = text_classifier(  # one text head for every position
+            ctx.model, ctx.tokenizer, data.classnames, templates, ev.batch_size, ev.precision
+        )
         results, table = {}, []
         for position, trigger in triggers.items():
             scores = evaluate_zeroshot(
                 ctx.model,
                 ctx.tokenizer,
-                ctx.test_set,
+                data,
                 templates,
                 trigger=trigger,
                 target=ctx.target,
-                batch_size=ctx.recipe.evaluation.batch_size,
-                precision=ctx.recipe.evaluation.precision,
+                batch_size=ev.batch_size,
+                precision=ev.precision,
                 cache=ctx.cache,
+                classifier=classifier,
             )
             results[position] = scores["asr"]
             table.append([position, "yes" if position == trained else "", 100 * scores["asr"]])
             ctx.log(f"trigger at {position}: ASR {scores['asr']:.4f}")
         note = (
             f"ASR of the model with its own {ctx.trigger.name} trigger pasted at each placement "
-            f"rule on {ctx.test_set.name}/{ctx.test_set.split} (trained at {trained}; target "
+            f"rule on {data.name}/{data.split} (trained at {trained}; target "
             f"{ctx.target_name}; target-class images left out)."
         )
         headers = ["position", "trained", "ASR %"]
