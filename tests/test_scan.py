@@ -519,3 +519,26 @@ def test_a_one_scanner_scan_counts_on_its_scanner_line_not_the_combined_one(tmp_
     (row, verdict) = scan_rows(judged, {"name": "ref", "seed": 0, "model": {"name": "m"}})
     assert row["scanner"] == "target_search vs reference"
     assert verdict["scanner"] == "combined vs reference"  # not counted with the plain verdicts
+
+
+def test_the_triggers_figure_shows_a_rescan_against_a_reference_once(tmp_path):
+    """A scan against a reference re-uses the scanned model's inversion: the same picture twice
+    would be one panel drawn twice, so identical inverted files make one row of the figure."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from clip_backdoor.reports.scan import triggers_figure
+    from clip_backdoor.scanning.report import INVERTED_FILE
+
+    pictures = {"decree.mask": torch.rand(3, 8, 8), "decree.stamped": torch.rand(3, 8, 8)}
+    rows = []
+    for label, seed in (("scan", 0), ("scan_reference", 0), ("scan_other", 1)):
+        folder = tmp_path / "run" / "scans" / label
+        folder.mkdir(parents=True)
+        if label == "scan_other":
+            pictures = {k: v.flip(-1) for k, v in pictures.items()}  # another model's inversion
+        save_file(pictures, str(folder / INVERTED_FILE))
+        rows.append({"truth": "backdoored", "attack": "badnet", "seed": seed,
+                     "scan_folder": str(folder)})  # fmt: skip
+    path = triggers_figure(rows, tmp_path / "triggers.png")
+    assert Image.open(path).height == 2 * 200  # two panels of 2.0 in at 100 dpi, not three

@@ -8,6 +8,7 @@ from both the backdoored and the clean models, and left out of the ROC.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -281,6 +282,11 @@ def triggers_figure(rows: list[dict], path: Path) -> Path | None:
         seen.add(scan_folder)
         renders = sorted((scan_folder.parents[1] / "figures").glob("trigger_*.png"))
         inverted = scan_folder / INVERTED_FILE
+        if inverted.is_file():  # a scan against a reference re-inverts nothing: one panel
+            digest = hashlib.sha256(inverted.read_bytes()).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
         pictures = load_file(str(inverted)) if inverted.is_file() else {}
         shown = [(k, v) for k, v in pictures.items() if k.endswith((".mask", ".stamped"))]
         if renders or shown:
