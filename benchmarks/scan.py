@@ -30,10 +30,11 @@ def main() -> None:
     subject = ScanSubject(model.eval(), tokenizer, args.model)
     caltech = images_of(model, "caltech101", args.images)
     print(f"scan of {args.model}, {args.images} caltech101 train images, defaults:")
-    total = 0.0
+    total, seconds = 0.0, {}
     for scanner in build_scanners(["decree", "target_search"]):
         finding = scanner.scan(subject, caltech, seed=0)
         total += finding.seconds
+        seconds[finding.scanner] = finding.seconds
         print(
             f"  {finding.scanner:14s} {finding.seconds:7.1f} s  score {finding.score:.4g} "
             f"({finding.verdict})"
@@ -41,7 +42,7 @@ def main() -> None:
     print(f"  whole scan     {total:7.1f} s = {total / 60:.1f} min (target < 10 min)")
     (search,) = build_scanners(["target_search"])
     few = search.scan(subject, images_of(model, "cifar10", args.images), seed=0).seconds
-    many = search.scan(subject, caltech, seed=0).seconds
+    many = seconds["target_search"]  # its 100-class run above, in this same process
     print(
         f"target_search: 10 classes {few:.1f} s, 100 classes {many:.1f} s: "
         f"{many / few:.2f}x (target <= 2x)"
