@@ -542,3 +542,55 @@ def test_the_triggers_figure_shows_a_rescan_against_a_reference_once(tmp_path):
                      "scan_folder": str(folder)})  # fmt: skip
     path = triggers_figure(rows, tmp_path / "triggers.png")
     assert Image.open(path).height == 2 * 200  # two panels of 2.0 in at 100 dpi, not three
+
+
+def test_a_scan_stage_names_several_scanners_as_the_command_does():
+    """`method: decree,perturbation_search` runs both, opt-in ones included, as `--scanners`
+    does; an unknown name in the list is named in one line."""
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.scanning.stage import ScanStage
+
+    def recipe(method: str) -> dict:
+        stage = {"kind": "scan", "method": method, "params": {"images": 8}}
+        return {"name": "r", "model": {"name": "tiny"}, "stages": [stage]}
+
+    parse_recipe(recipe("decree,perturbation_search"))
+    stage = ScanStage("decree,perturbation_search", images=8)
+    assert [s.name for s in stage.scanners] == ["decree", "perturbation_search"]
+    with pytest.raises(ConfigError, match="unknown scan 'nope'"):
+        parse_recipe(recipe("decree,nope"))
+
+
+def test_a_scan_adding_an_opt_in_scanner_has_its_own_line_and_repeats_count_once(tmp_path):
+    """The default scan (decree + x) and a thorough one (the same two read back from the
+    cache, plus perturbation_search) of one model: two verdicts on two lines, but decree's
+    one finding counts once on decree's line."""
+    from clip_backdoor.reports.scan import scan_rows, write_scan
+
+    def scan(scanners: dict[str, float]) -> dict:
+        findings = [
+            {"scanner": s, "score": v, "threshold": 0.3, "suspect_below": False,
+             "verdict": "backdoored" if v > 0.3 else "clean", "target": "accordion",
+             "seconds": 1.0}
+            for s, v in scanners.items()
+        ]  # fmt: skip
+        verdict = "backdoored" if max(scanners.values()) > 0.3 else "clean"
+        return {"scanners": findings, "score": max(scanners.values()) - 0.3,
+                "verdict": verdict, "target": "accordion",
+                "truth": {"attacked": True, "target": "accordion"}}  # fmt: skip
+
+    metrics = {
+        "attack": {"asr": 0.9},
+        "scan.scan": scan({"decree": 0.1, "x": 0.2}),
+        "scan.scan_thorough": scan({"decree": 0.1, "x": 0.2, "perturbation_search": 0.5}),
+    }
+    rows = scan_rows(metrics, {"name": "m", "seed": 0, "model": {"name": "m"}})
+    assert {r["scanner"] for r in rows} == {
+        "decree", "x", "perturbation_search", "combined", "combined with perturbation_search"
+    }  # fmt: skip
+    text = write_scan(rows, [], tmp_path, "scan_runs.json")
+    lines = {r.split(" | ")[0][2:]: r for r in text.splitlines() if r.startswith("| ")}
+    assert "| 0/1 |" in lines["combined"]  # the default scan misses it
+    assert "| 1/1 |" in lines["combined with perturbation_search"]
+    body = [r for r in text.splitlines() if r.startswith("| m/m |") and "| decree |" in r]
+    assert len(body) == 1  # one finding, one row

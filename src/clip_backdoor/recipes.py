@@ -125,10 +125,13 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     for index, stage in enumerate(recipe.stages):
         registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
         every = stage.kind in ("scan", "data_scan") and stage.method == SCAN_ALL
-        if stage.method not in registry and not every:
+        # a scan names several scanners as `--scanners` does: comma-separated
+        names = stage.method.split(",") if stage.kind == "scan" else [stage.method]
+        unknown = [name for name in names if name not in registry]
+        if unknown and not every:
             known = ", ".join(registry.names()) or "none registered yet"
             raise ConfigError(
-                f"{source}: stages.{index}.method: unknown {stage.kind} '{stage.method}' "
+                f"{source}: stages.{index}.method: unknown {stage.kind} '{unknown[0]}' "
                 f"(known: {known})"
             )
     if recipe.evaluation.trigger and recipe.evaluation.trigger.name not in REGISTRIES["trigger"]:

@@ -124,7 +124,11 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
         # against a reference a scanner's score changes unit (e.g. a log mask ratio, not an
         # anomaly index): its rows get a line of their own
         suffix = " vs reference" if scan.get("reference") else ""
-        for finding in scan.get("scanners", []):
+        findings = scan.get("scanners", [])
+        # a verdict that also weighs an opt-in scanner is not the default scan's: own line
+        extra = [f["scanner"] for f in findings if not in_all(f["scanner"])]
+        combined = "combined" + (f" with {'+'.join(extra)}" if extra and len(findings) > 1 else "")
+        for finding in findings:
             rows.append(
                 {
                     **base,
@@ -143,7 +147,7 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
         rows.append(
             {
                 **base,
-                "scanner": "combined" + suffix,
+                "scanner": combined + suffix,
                 "score": scan["score"],
                 "threshold": scan.get("threshold", 0.0),
                 "suspect_below": False,
@@ -152,7 +156,7 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
                 "seconds": scan.get("seconds", math.nan),
                 "mask_on_trigger": math.nan,
                 # one scanner's scan: its combined row is that scanner's verdict, not the zoo's
-                "single_scanner": len(scan.get("scanners", [])) == 1,
+                "single_scanner": len(findings) == 1,
             }
         )
     return rows
@@ -312,8 +316,31 @@ def triggers_figure(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def in_all(scanner: str) -> bool:
+    """Whether a scan of ``all`` runs this scanner (False: opt-in, run only when named)."""
+    import clip_backdoor.scanning  # noqa: F401  (fills the registry)
+    from clip_backdoor.registry import SCANNERS
+
+    return scanner not in SCANNERS or getattr(SCANNERS.get(scanner), "in_all", True)
+
+
+def without_repeats(rows: list[dict]) -> list[dict]:
+    """One row per scanner finding: a scan that re-reads a finding from the cache (the same
+    scanner on the same model, e.g. in a scan that adds an opt-in scanner, or in another
+    run of the same cached artifact) reports the same score again, which must count once."""
+    seen, kept = set(), []
+    for row in rows:
+        key = (row["scanner"], row["attack"], row["truth"], row["seed"], row["score"])
+        if not is_combined(row) and key in seen:
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
+
+
 def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     rows = sorted(rows, key=lambda r: (r["kind"], r["truth"], r["attack"], r["seed"], r["scanner"]))
+    rows = without_repeats(rows)
     calibrate(rows)
     write_csv(out / "scan.csv", SCAN_COLUMNS, rows)
     headers = ["model", "kind", "truth", "attack", "ASR %", "seed", "scanner", "score"]

@@ -1,8 +1,9 @@
 """``kind: scan`` recipe stages: scan the model (or prompt learner) as the stages before left it.
 
-``method`` names one scanner or ``all``. The scan sees the model, the learner and clean images
-only; what the run knows about the truth (an attack stage ran, its target, the ASR of the last
-evaluation) is recorded beside the verdict afterwards, for the zoo's tables, never passed in.
+``method`` names one scanner, several (comma-separated, as ``--scanners``) or ``all``. The
+scan sees the model, the learner and clean images only; what the run knows about the truth (an
+attack stage ran, its target, the ASR of the last evaluation) is recorded beside the verdict
+afterwards, for the zoo's tables, never passed in.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class ScanStage:
     def __init__(self, method: str, **params) -> None:
         self.method = method
         self.spec = validate(ScanStageSpec, params, f"scan stage {method}")
-        self.scanners = build_scanners(ALL if method == ALL else [method], self.spec.scanners)
+        self.scanners = build_scanners(
+            ALL if method == ALL else method.split(","), self.spec.scanners
+        )
 
     def run(self, ctx) -> dict:
         spec, model = self.spec, ctx.model
