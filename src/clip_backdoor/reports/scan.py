@@ -126,6 +126,8 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
         suffix = " vs reference" if scan.get("reference") else ""
         findings = scan.get("scanners", [])
         # a verdict that also weighs an opt-in scanner is not the default scan's: own line
+        from clip_backdoor.scanning.scan import in_all
+
         extra = [f["scanner"] for f in findings if not in_all(f["scanner"])]
         combined = "combined" + (f" with {'+'.join(extra)}" if extra and len(findings) > 1 else "")
         for finding in findings:
@@ -314,14 +316,6 @@ def triggers_figure(rows: list[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def in_all(scanner: str) -> bool:
-    """Whether a scan of ``all`` runs this scanner (False: opt-in, run only when named)."""
-    import clip_backdoor.scanning  # noqa: F401  (fills the registry)
-    from clip_backdoor.registry import SCANNERS
-
-    return scanner not in SCANNERS or getattr(SCANNERS.get(scanner), "in_all", True)
 
 
 def without_repeats(rows: list[dict]) -> list[dict]:

@@ -57,13 +57,20 @@ class ScanReport:
         }
 
 
+def in_all(name: str) -> bool:
+    """Whether a scan of ``all`` runs this scanner (False: opt-in, run only when named)."""
+    import clip_backdoor.scanning  # noqa: F401  (fills the registry)
+
+    return name not in SCANNERS or getattr(SCANNERS.get(name), "in_all", True)
+
+
 def build_scanners(names: str | list[str], params: dict | None = None) -> list[Scanner]:
     """Scanners by name (``all``: every registered one), each with its own params."""
     import clip_backdoor.scanning  # noqa: F401  (fills the registry)
 
     params = params or {}
     if names == ALL:  # an opt-in scanner (``in_all = False``) runs only when named
-        chosen = [n for n in SCANNERS.names() if getattr(SCANNERS.get(n), "in_all", True)]
+        chosen = [n for n in SCANNERS.names() if in_all(n)]
     else:
         chosen = [names] if isinstance(names, str) else names
     unknown = [k for k in params if k not in chosen]
