@@ -594,3 +594,24 @@ def test_a_scan_adding_an_opt_in_scanner_has_its_own_line_and_repeats_count_once
     assert "| 1/1 |" in lines["combined with perturbation_search"]
     body = [r for r in text.splitlines() if r.startswith("| m/m |") and "| decree |" in r]
     assert len(body) == 1  # one finding, one row
+
+
+def test_a_scanner_away_from_its_defaults_has_its_own_line():
+    """perturbation_search at 32/255 in lines (a probe) is not the 8/255 default scanner: its
+    rows must not count on, or calibrate, the default scanner's line."""
+    from clip_backdoor.reports.scan import scan_rows
+
+    finding = {"scanner": "perturbation_search", "score": 0.31, "threshold": 0.3,
+               "suspect_below": False, "verdict": "backdoored", "target": "accordion"}  # fmt: skip
+    scan = {"scanners": [finding], "score": 0.01, "verdict": "backdoored", "target": "accordion",
+            "truth": {"attacked": True, "target": "accordion"}}  # fmt: skip
+    stage = {"kind": "scan", "method": "perturbation_search"}
+    probe = {"scanners": {"perturbation_search": {"eps": 0.12549, "basis": "lines"}}}
+    stages = [{**stage, "label": "scan", "params": {}},
+              {**stage, "label": "scan_lines", "params": probe}]  # fmt: skip
+    config = {"name": "m", "seed": 0, "model": {"name": "m"}, "stages": stages}
+    rows = scan_rows({"attack": {"asr": 0.9}, "scan.scan": scan, "scan.scan_lines": scan}, config)
+    assert sorted(r["scanner"] for r in rows if r["scanner"] != "combined") == [
+        "perturbation_search",
+        "perturbation_search (basis=lines, eps=0.1255)",
+    ]

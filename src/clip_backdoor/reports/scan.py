@@ -98,6 +98,23 @@ def mask_share(folder: Path, scan_folder: Path, scanner: str, region) -> float:
     return float((mass * region).sum() / mass.sum().clamp_min(1e-12))
 
 
+def scanner_setting(config: dict, label: str, scanner: str) -> str:
+    """A scanner run away from its defaults (e.g. perturbation_search at 32/255 in lines) is
+    another detector: its rows get a line of their own, named by what was changed."""
+    stage = next((s for s in config.get("stages", []) if s.get("label") == label), {})
+    changed = (stage.get("params") or {}).get("scanners", {}).get(scanner) or {}
+    if not changed:
+        return ""
+    return (
+        " ("
+        + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in sorted(changed.items())
+        )
+        + ")"
+    )
+
+
 def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[dict]:
     rows = []
     region = trigger_region(folder) if folder is not None else None
@@ -134,7 +151,9 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
             rows.append(
                 {
                     **base,
-                    "scanner": finding["scanner"] + suffix,
+                    "scanner": finding["scanner"]
+                    + scanner_setting(config, label, finding["scanner"])
+                    + suffix,
                     "score": finding["score"],
                     "threshold": finding["threshold"],
                     "suspect_below": finding["suspect_below"],
