@@ -163,3 +163,21 @@ def test_recipes_and_methods_import_apart():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_results_line_names_the_cpu_and_precision_of_its_run(tmp_path):
+    """A results table mixes runs of several machines; fp32 (AVX2) and bf16 (AMX) runs of one
+    recipe differ in their last digits, so each provenance line says which precision ran."""
+    from clip_backdoor.reports.summary import run_record
+
+    for precision in ("fp32", "bf16"):
+        recipe = parse_recipe(
+            {
+                **TINY_RECIPE,
+                "runs_root": str(tmp_path / precision),
+                "evaluation": {**TINY_RECIPE["evaluation"], "precision": precision},
+            }
+        )
+        folder = run_recipe(recipe, progress=False).path
+        source = run_record("scan", folder)["source"]  # no scan stage: no rows, a line
+        assert source.endswith(f", {precision}") and ", commit `" in source

@@ -72,6 +72,9 @@ def run_record(table: str, folder: Path) -> dict:
         f"seed {config.get('seed')}, commit `{versions.get('commit', '?')}`, "
         f"{versions.get('cpu', '?')}"
     )
+    precision = config.get("resolved", {}).get("precision")
+    if precision:  # fp32 and bf16 runs of one recipe differ in the last digits: say which
+        source += f", {precision}"
     if spec.source_note is not None:
         source += spec.source_note(metrics)
     return {"run": folder.name, "source": source, "rows": rows}
