@@ -620,3 +620,34 @@ def test_a_scanner_away_from_its_defaults_has_its_own_line():
         "perturbation_search",
         "perturbation_search (basis=lines, eps=0.1255)",
     ]
+
+
+def test_failed_and_partial_attacks_are_reported_apart_with_each_verdict():
+    """A failed attack (ASR ~0, in effect a clean model) and a partial one stay out of the
+    ROC but get their own table: one line per model, the scan's verdict in each mode."""
+    from clip_backdoor.reports.scan import apart_section, scan_rows
+
+    def metrics(asr: float, verdict: str, reference: str | None = None) -> dict:
+        finding = {"scanner": "decree", "score": 0.05, "threshold": 0.1, "suspect_below": True,
+                   "verdict": verdict, "target": "pyramid", "seconds": 1.0}  # fmt: skip
+        scan = {"scanners": [finding], "score": 0.5, "verdict": verdict, "target": "pyramid",
+                "truth": {"attacked": True, "target": "accordion"}}  # fmt: skip
+        if reference:
+            scan["reference"] = reference
+        return {"points": [{"asr": asr}], "scan.scan": scan}
+
+    rows = scan_rows(metrics(0.005, "clean"), {"name": "wanet", "seed": 0, "model": {}})
+    rows += scan_rows(metrics(0.3, "backdoored"), {"name": "half", "seed": 1, "model": {}})
+    judged = metrics(0.3, "clean", reference="mini-clip")
+    rows += scan_rows(judged, {"name": "half", "seed": 1, "model": {}})
+    rows += scan_rows(metrics(0.9, "backdoored"), {"name": "works", "seed": 0, "model": {}})
+    text = apart_section(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 2  # header, the failed and the partial model
+    assert "1 of 2 flagged" in text
+    failed = next(line for line in lines if "| failed |" in line)
+    partial = next(line for line in lines if "| partial |" in line)
+    assert "| clean | - |" in failed  # scanned plainly only
+    assert "| backdoored (pyramid) | clean |" in partial  # plain flags it, vs reference not
+    assert "works" not in text  # a working backdoor is in the ROC, not here
+    assert apart_section([r for r in rows if r["truth"] == "backdoored"]) == ""

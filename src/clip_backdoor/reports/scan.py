@@ -214,6 +214,28 @@ def position_section(rows: list[dict]) -> str:
     )
 
 
+def apart_section(rows: list[dict]) -> str:
+    """The failed and partial attacks, out of the ROC: each scan's verdict on one line per
+    model, so a reader sees at a glance whether a model the attack did not backdoor (in effect
+    a clean one) is flagged, and whether a half-working backdoor is caught."""
+    verdicts: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        if r["truth"] in ("failed", "partial") and is_combined(r):
+            found = f" ({r['target_found']})" if r["verdict"] == "backdoored" else ""
+            key = (r["model"], r["attack"], r["seed"], r["asr"], r["truth"])
+            verdicts.setdefault(key, {})[r["scanner"]] = r["verdict"] + found
+    if not verdicts:
+        return ""
+    modes = sorted({m for v in verdicts.values() for m in v})
+    body = [[*key, *(v.get(m, "-") for m in modes)] for key, v in sorted(verdicts.items())]
+    flagged = sum(any(x.startswith("backdoored") for x in v.values()) for v in verdicts.values())
+    return (
+        f"\n\nAttacks reported apart (ASR < 80%): the scan's verdict in each mode, the target "
+        f"it named where it flagged. {flagged} of {len(verdicts)} flagged in some mode.\n\n"
+        + markdown_table(["model", "attack", "seed", "ASR %", "truth", *modes], body)
+    )
+
+
 def is_combined(row: dict) -> bool:
     """The scan's own verdict (``combined``, or ``combined vs reference``), not one scanner's."""
     return row["scanner"].startswith("combined")
@@ -429,6 +451,7 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
             summary,
         )
         + position_section(rows)
+        + apart_section(rows)
         + "\n\n"
         + markdown_table(headers, body)
         + "\n\n"
