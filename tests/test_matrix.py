@@ -161,3 +161,19 @@ def test_gpu_smoke_script_runs_its_path_on_the_cpu(tmp_path):
     model.register_buffer("stray", torch.zeros(1, device="meta"))
     with pytest.raises(RuntimeError, match="device mismatch after stage x: stray is on meta"):
         check_device(model, "cpu", "after stage x")
+
+
+def test_the_grid_names_the_seeds_each_mean_is_over(tmp_path):
+    """A grid being filled holds two seeds of one attack and one of another: each row says
+    which, so a one-seed number is not read as a mean over seeds."""
+    from clip_backdoor.reports.matrix import write_matrix
+
+    def row(attack: str, seed: int, asr: float) -> dict:
+        return {"model": "m", "attack": attack, "defense": "none", "detector": "-",
+                "ca": 50.0, "asr": asr, "auroc": float("nan"), "seed": seed, "run": "r",
+                "verdict": "-"}  # fmt: skip
+
+    rows = [row("badnet", 0, 90.0), row("badnet", 1, 94.0), row("sig", 0, 80.0)]
+    text = write_matrix(rows, [], tmp_path, "matrix_runs.json")
+    assert "| badnet (s0, s1) | 92.0 / 50.0 |" in text
+    assert "| sig (s0) | 80.0 / 50.0 |" in text

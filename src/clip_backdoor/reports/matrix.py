@@ -71,6 +71,13 @@ def grid(rows: list[dict], value: str, column: str) -> tuple[list[str], list[str
     return attacks, columns, cells
 
 
+def with_seeds(rows: list[dict], attack: str) -> str:
+    """The attack's row label with the seeds its means are over, since a grid being filled
+    holds one seed for some attacks and two for others."""
+    seeds = sorted({str(r["seed"]) for r in rows if r["attack"] == attack})
+    return f"{attack} (s{', s'.join(seeds)})"
+
+
 def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     rows = sorted(
         rows, key=lambda r: (r["model"], r["attack"], r["defense"], r["detector"], str(r["seed"]))
@@ -81,13 +88,18 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     if defended:
         attacks, columns, asr = grid(defended, "asr", "defense")
         _, _, ca = grid(defended, "ca", "defense")
-        body = [[a] + [_pair(asr[(a, c)], ca[(a, c)]) for c in columns] for a in attacks]
+        body = [
+            [with_seeds(defended, a)] + [_pair(asr[(a, c)], ca[(a, c)]) for c in columns]
+            for a in attacks
+        ]
         text += "ASR % / CA % after each defense (mean over seeds; `none`: the attacked model):\n\n"
         text += markdown_table(["attack"] + columns, body) + "\n\n"
     detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
     if detected:
         attacks, columns, auroc = grid(detected, "auroc", "detector")
-        body = [[a] + [_three(auroc[(a, c)]) for c in columns] for a in attacks]
+        body = [
+            [with_seeds(detected, a)] + [_three(auroc[(a, c)]) for c in columns] for a in attacks
+        ]
         text += "Input detectors, AUROC (mean over seeds):\n\n"
         text += markdown_table(["attack"] + columns, body) + "\n\n"
     scanned = [r for r in rows if r["verdict"] != "-"]
