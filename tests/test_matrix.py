@@ -86,7 +86,7 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
 
     # the summary: the grid and the detector's AUROC
     text = write_summary("matrix", [str(f) for f in redone.values()], tmp_path / "results")
-    assert "| badnet |" in text and "strip" in text
+    assert "| badnet (s0) |" in text and "strip" in text
     import csv
 
     with (tmp_path / "results" / "matrix.csv").open() as handle:
