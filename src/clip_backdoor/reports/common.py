@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,28 @@ def read_run(folder: Path) -> tuple[dict, dict]:
     if not metrics_file.is_file() or not config_file.is_file():
         raise UserError(f"{folder} is not a finished run folder (no metrics.json/config.yaml)")
     return json.loads(metrics_file.read_text()), yaml.safe_load(config_file.read_text())
+
+
+def finished_runs(folders: list[str]) -> list[Path]:
+    """The finished run folders of ``folders``, skipping (and naming on stderr) the unfinished
+    ones: a matrix cell killed mid-run leaves a folder with config.yaml and no metrics.json,
+    and a glob over the matrix must still summarise; a folder that is no run is an error."""
+    finished, unfinished = [], []
+    for name in folders:
+        folder = Path(name)
+        if (folder / "metrics.json").is_file() and (folder / "config.yaml").is_file():
+            finished.append(folder)
+        elif (folder / "config.yaml").is_file() and (folder / "log.txt").is_file():
+            unfinished.append(folder)
+        else:
+            read_run(folder)  # the one-line error
+    if unfinished:
+        print(
+            f"skipped {len(unfinished)} unfinished run folder(s) (no metrics.json: killed, "
+            f"failed or still running): {', '.join(f.name for f in unfinished)}",
+            file=sys.stderr,
+        )
+    return finished
 
 
 def pct(value) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from clip_backdoor.errors import UserError
-from clip_backdoor.reports.common import config_model, read_run
+from clip_backdoor.reports.common import config_model, finished_runs, read_run
 
 PAPERS = [  # (section, table module, the stages (kind, methods) of the runs it reports)
     (
@@ -75,10 +75,10 @@ class Run:
 
 
 def load_runs(folders: list[str], out: Path) -> list[Run]:
-    """Every folder a finished run folder, or a one-line error naming the first that is not."""
+    """The finished run folders (unfinished ones skipped and named), or a one-line error
+    naming the first folder that is no run."""
     runs = []
-    for name in folders:
-        folder = Path(name)
+    for folder in finished_runs(folders):
         metrics, config = read_run(folder)
         versions = config.get("versions", {})
         href = Path(_relative(folder.resolve(), out.resolve())).as_posix()

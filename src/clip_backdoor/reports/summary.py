@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from clip_backdoor.errors import UserError
-from clip_backdoor.reports.common import Table, read_run
+from clip_backdoor.reports.common import Table, finished_runs, read_run
 
 
 def tables() -> dict[str, Table]:
@@ -108,7 +108,7 @@ def write_summary(table: str, runs: list[str], out: str | Path, fresh: bool = Fa
         raise UserError(f"unknown summary table '{table}' (known: {', '.join(TABLES)})")
     out = Path(out)
     ledger = {} if fresh else read_ledger(ledger_path(table, out))
-    new = [run_record(table, Path(run)) for run in runs]  # read all before writing anything
+    new = [run_record(table, run) for run in finished_runs(runs)]  # all read before writing
     ledger.update({record["run"]: record for record in new})
     if tables()[table].latest_run_only:
         latest = {rerun_key(record): name for name, record in sorted(ledger.items())}
