@@ -81,6 +81,20 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
     assert redone["badnet--ft--s0"] != killed
     assert numbers(redone) == before
 
+    # a cell whose recipe changed since its run (here STRIP's image count) runs again; the rest
+    # are kept, and the summary below reads only the newest run of each cell
+    changed = matrix(tmp_path)
+    changed["matrix"]["detectors"][0]["params"]["images"] = 32
+    said = []
+    rerun = run_matrix(parse_matrix(changed, "tiny"), "tiny", log=said.append)
+    assert (
+        "3 cells, 2 done, 1 to run (local), 1 of them again since their recipe changed" in said[0]
+    )
+    assert rerun["badnet--strip--s0"] != redone["badnet--strip--s0"]
+    assert {k: v for k, v in rerun.items() if "strip" not in k} == {
+        k: v for k, v in redone.items() if "strip" not in k
+    }
+
     # the summary over every folder of the matrix (the glob of the README): the killed cell's
     # folder is skipped and named, the grid and the detector's AUROC come from the rest
     folders = sorted(str(f) for f in killed.parent.glob("*--*--s0"))
@@ -98,8 +112,18 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
         ("ft", "-"),
         ("none", "strip"),
     }
+    assert len(rows) == 3  # one row a cell: the newest run of the re-run STRIP cell
     strip = next(r for r in rows if r["detector"] == "strip")
+    assert strip["run"] == rerun["badnet--strip--s0"].name
     assert 0.0 <= float(strip["auroc"]) <= 1.0
+
+    # the report of the same folders: the detectors' AUROC grid from the newest STRIP cell, and
+    # no paper table repeating the attack once per cell
+    from clip_backdoor.reports.html import write_report
+
+    html = write_report(folders, tmp_path / "report").read_text()
+    assert "Input detectors: AUROC" in html and rerun["badnet--strip--s0"].name in html
+    assert redone["badnet--strip--s0"].name not in html and 'id="poisoning"' not in html
 
 
 def test_submitit_local_and_debug_executors_run_the_same_cells(poisoned_cache, tmp_path):

@@ -83,9 +83,11 @@ def run_matrix(
     root = Path(matrix.runs_root) / matrix.name
     done = {c.name: c.folder(root) for c in cells}
     missing = [c for c in cells if done[c.name] is None]
+    stale = sum(c.stale(root) for c in missing)
     log(
         f"matrix {matrix.name}: {len(cells)} cells, {len(cells) - len(missing)} done, "
         f"{len(missing)} to run ({matrix.launcher.kind})"
+        + (f", {stale} of them again since their recipe changed" if stale else "")
     )
     start = time.perf_counter()
     if matrix.launcher.kind == "local":

@@ -3,16 +3,21 @@
 Each cell is an ordinary recipe (the attack, then one defense, detector or scan stage) with its
 own run folder under ``<runs_root>/<matrix name>/``; the attack's artifact, the defenses' models
 and the features are cached as for any run, so cells that share an attack train it once. A
-cell is done when a folder of its name holds ``metrics.json``: a second call runs only the rest.
+cell is done when a folder of its name holds ``metrics.json`` and was run from the same recipe
+(its fingerprint, in ``matrix_cell``): a second call runs only the rest, and a cell whose recipe
+changed since (a setting, an included recipe's params) runs again instead of being kept stale.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field
 
 from clip_backdoor.config_base import RunSpec, Strict, validate
@@ -68,9 +73,29 @@ class Cell:
     recipe: dict
 
     def folder(self, root: Path) -> Path | None:
-        """Its finished run folder under ``root``, if any (the newest)."""
+        """Its newest finished run folder under ``root`` run from this very recipe, if any."""
         done = sorted(p for p in root.glob(f"*-{self.name}") if (p / "metrics.json").is_file())
-        return done[-1] if done else None
+        current = [p for p in done if run_fingerprint(p) == self.recipe["matrix_cell"]["recipe"]]
+        return current[-1] if current else None
+
+    def stale(self, root: Path) -> bool:
+        """A finished folder of this cell exists, but from another recipe (it runs again)."""
+        return self.folder(root) is None and any(
+            (p / "metrics.json").is_file() for p in root.glob(f"*-{self.name}")
+        )
+
+
+def recipe_fingerprint(parsed) -> str:
+    """What a cell's numbers depend on: its parsed recipe (includes resolved, defaults filled),
+    less where it is written and the cell bookkeeping."""
+    body = parsed.model_dump(mode="json", exclude={"runs_root", "recipe_file", "matrix_cell"})
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(folder: Path) -> str | None:
+    """The recipe fingerprint a finished cell folder was run from (None: before fingerprints)."""
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return (config.get("matrix_cell") or {}).get("recipe")
 
 
 def is_matrix(data: dict) -> bool:
@@ -140,6 +165,7 @@ def expand(matrix: MatrixRecipe, source: str) -> list[Cell]:
                 }
                 recipe["recipe_file"] = source
                 parsed = parse_recipe(recipe, f"{source}: cell {name}")  # unknown methods
+                recipe["matrix_cell"]["recipe"] = recipe_fingerprint(parsed)
                 for stage_spec in parsed.stages:  # and bad params: one line, before any runs
                     try:
                         build_stage(stage_spec)

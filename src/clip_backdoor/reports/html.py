@@ -94,7 +94,23 @@ def load_runs(folders: list[str], out: Path) -> list[Run]:
         runs.append(Run(folder, metrics, config, source, figures))
     if not runs:
         raise UserError("no run folders given to report on")
-    return runs
+    return newest_cells(runs)
+
+
+def newest_cells(runs: list[Run]) -> list[Run]:
+    """Each matrix cell once: a cell run again (killed, or its recipe changed) leaves an earlier
+    finished folder, and a grid mean must not count one cell twice."""
+    newest: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: r.folder.name):  # folder names start with the time
+        cell = run.config.get("matrix_cell")
+        key = (
+            (cell["matrix"], run.config.get("name"), run.config.get("seed"))
+            if cell
+            else str(run.folder)
+        )
+        newest[key] = run
+    kept = set(map(id, newest.values()))
+    return [run for run in runs if id(run) in kept]
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -137,6 +153,32 @@ def grid(runs: list[Run]) -> dict:
             defense = "none" if point["kind"] == "attack" else point["point"]
             entry = (_pct(point.get("asr")), _pct(point["ca"]), run.source)
             cells.setdefault((attack, defense), []).append(entry)
+    detected: dict[tuple[str, str], list[tuple[float, Source]]] = {}
+    for run in runs:
+        cell = run.config.get("matrix_cell")
+        if cell and cell["kind"] == "detection":
+            found = run.metrics.get(f"detection.{cell['column']}", {})
+            key = (f"{config_model(run.config)} · {cell['attack']}", cell["column"])
+            detected.setdefault(key, []).append((found.get("auroc", math.nan), run.source))
+    return {**_grid_rows(cells), "detection": _auroc_rows(detected)}
+
+
+def _auroc_rows(detected: dict) -> dict:
+    """(Model, attack) x detector AUROC of the matrix's detection cells (seed means)."""
+    attacks = sorted({a for a, _ in detected})
+    detectors = sorted({d for _, d in detected})
+    rows = []
+    for attack in attacks:
+        row = []
+        for detector in detectors:
+            entries = detected.get((attack, detector), [])
+            auroc = _mean([e[0] for e in entries])
+            row.append({"auroc": auroc, "sources": [e[1] for e in entries]} if entries else None)
+        rows.append({"attack": attack, "cells": row})
+    return {"detectors": detectors, "rows": rows}
+
+
+def _grid_rows(cells: dict) -> dict:
     attacks = sorted({a for a, _ in cells})
     defenses = sorted({d for _, d in cells}, key=lambda d: (d != "none", d))
     table = []
@@ -174,8 +216,8 @@ def paper_tables(runs: list[Run]) -> list[dict]:
     for title, name, stages in PAPERS:
         rows = []
         for run in runs:
-            if not applies(run.config, stages):
-                continue
+            if run.config.get("matrix_cell") or not applies(run.config, stages):
+                continue  # matrix cells are the grid's (each repeats its attack's row)
             try:
                 found = known[name].rows(run.metrics, run.config, run.folder)
             except (UserError, KeyError, TypeError, ValueError, IndexError):

@@ -119,4 +119,5 @@ def _three(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.3f}"
 
 
-TABLE = Table("matrix", matrix_rows, write_matrix)
+# latest_run_only: a cell run again (killed, or its recipe changed) replaces its earlier run
+TABLE = Table("matrix", matrix_rows, write_matrix, latest_run_only=True)
