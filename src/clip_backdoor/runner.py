@@ -371,7 +371,9 @@ def _evaluate_point(
             ctx.model, ctx.tokenizer, data, trigger=trigger, target=target, **options
         )
         key = getattr(trigger, "text_key", None)
-        if key:  # dual key: ASR with the text key on every prompt; image key alone beside it
+        if key and ctx.learner is not None:  # a learned head (linear probe, prompt learner)
+            metrics["text_key"] = "not applicable: the head is learned, no prompt to key"
+        elif key:  # dual key: ASR with the text key on every prompt; image key alone beside it
             keyed = text_classifier(
                 ctx.model, ctx.tokenizer, data.classnames, [f"{key} {t}" for t in templates]
             )
