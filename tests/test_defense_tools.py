@@ -198,3 +198,15 @@ def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
     lines = (tmp_path / "ablation_rvpt_ablation_shots.csv").read_text().splitlines()
     assert lines[0] == "model,ablation,defense,parameter,value,ca,asr,seed" and len(lines) == 4
     assert lines[1].startswith("?,rvpt_ablation_shots,none,")  # the config names no model
+
+
+def test_a_dual_key_trigger_on_a_learned_head_is_measured_with_its_image_key(
+    synthetic_clip, tmp_path
+):
+    """TrojVQA's text key goes into the class prompts; a linear probe has none, so after it the
+    ASR is the image key's alone, said in the point (it crashed with two classifiers)."""
+    trigger = {"name": "trojvqa", "params": {}}
+    recipe = _recipe(tmp_path, synthetic_clip, [PROBE], trigger=trigger, target=0)
+    clean, probe = run_recipe(parse_recipe(recipe), progress=False).metrics["points"]
+    assert "asr_image_key_only" in clean and "text_key" not in clean
+    assert probe["text_key"].startswith("not applicable") and 0 <= probe["asr"] <= 1
