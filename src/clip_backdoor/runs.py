@@ -6,6 +6,7 @@ A run never overwrites an existing folder: a name already taken gets a ``-2``, `
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -24,8 +25,12 @@ from clip_backdoor import precision as precision_mod
 from clip_backdoor.errors import UserError
 
 
+@functools.cache
 def git_commit() -> str:
-    """The checkout's commit, with "+dirty" when tracked files differ from it; "" outside git."""
+    """The checkout's commit, with "+dirty" when tracked files differ from it; "" outside git.
+
+    Read once per process: a process runs the code it imported, so a matrix's later cells name
+    the commit it started at, not one committed while it ran whose code it never loaded."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
