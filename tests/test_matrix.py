@@ -127,16 +127,18 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
 
 
 def test_submitit_local_and_debug_executors_run_the_same_cells(poisoned_cache, tmp_path):
-    """The --launcher slurm path (one submitit job per cell) without a cluster: DebugExecutor in
-    this process, LocalExecutor in subprocesses. fp32 evaluation, since a subprocess does not
-    see the suite's fp32 stand-in for 'auto' and would pick bf16 on an AMX CPU."""
+    """The --launcher slurm path (one submitit job per cell) without a cluster: LocalExecutor in
+    subprocesses, DebugExecutor in this process (on one cell: it is the same code in-process).
+    fp32 evaluation, since a subprocess does not see the suite's fp32 stand-in for 'auto' and
+    would pick bf16 on an AMX CPU."""
     runs = {}
-    for kind in ("local", "debug", "submitit_local"):
+    for kind, only in (("local", None), ("submitit_local", None), ("debug", "*--none--*")):
         recipe = matrix(tmp_path / kind, kind=kind)
         recipe["evaluation"]["precision"] = "fp32"
-        runs[kind] = run_matrix(parse_matrix(recipe, "tiny"), "tiny", log=lambda m: None)
-    assert numbers(runs["debug"]) == numbers(runs["local"])
-    assert numbers(runs["submitit_local"]) == numbers(runs["local"])
+        spec = parse_matrix(recipe, "tiny")
+        runs[kind] = numbers(run_matrix(spec, "tiny", log=lambda m: None, only=only))
+    assert runs["submitit_local"] == runs["local"] and len(runs["local"]) == 3
+    assert runs["debug"] == {"badnet--none--s0": runs["local"]["badnet--none--s0"]}
     assert (tmp_path / "submitit_local" / "runs" / "tiny_matrix" / "submitit").is_dir()
 
 
