@@ -124,6 +124,9 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
     html = write_report(folders, tmp_path / "report").read_text()
     assert "Input detectors: AUROC" in html and rerun["badnet--strip--s0"].name in html
     assert redone["badnet--strip--s0"].name not in html and 'id="poisoning"' not in html
+    # the detectors of one attack and seed on shared axes, not each cell's own one-curve figure
+    assert html.count('alt="ROC curves, mini-tiny · badnet, seed 0"') == 1
+    assert 'alt="roc"' not in html
 
 
 def test_submitit_local_and_debug_executors_run_the_same_cells(poisoned_cache, tmp_path):

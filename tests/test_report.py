@@ -98,3 +98,36 @@ def test_headless_chromium_renders_every_section_with_no_missing_image(tiny_run,
         check=True,
     )
     assert Path(shot).stat().st_size > 10_000
+
+
+def test_the_matrix_detectors_of_one_attack_and_seed_share_one_roc_figure(tmp_path):
+    """Two detection cells of one attack and seed (and one of another seed): two figures, the
+    first with both detectors' curves, each linked to its cell, from the scores the cells kept."""
+    import numpy as np
+    from PIL import Image
+
+    from clip_backdoor.reports.html import Run, Source
+    from clip_backdoor.reports.matrix_roc import matrix_roc_figures, read_scores
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for detector, seed in (("strip", 0), ("teco", 0), ("strip", 1)):
+        folder = tmp_path / f"badnet--{detector}--s{seed}"
+        (folder / "artifacts" / "detection").mkdir(parents=True)
+        lines = ["index,label,score_clean,score_triggered,pred_clean,pred_triggered"]
+        lines += [f"{i},0,{rng.normal()},{rng.normal(1.0)},0,1" for i in range(30)]
+        (folder / "artifacts" / "detection" / f"{detector}.csv").write_text("\n".join(lines))
+        config = {
+            "model": {"name": "m"},
+            "seed": seed,
+            "matrix_cell": {"attack": "badnet", "column": detector, "kind": "detection"},
+        }
+        source = Source(folder.name, folder.name, "r.yaml", "abc", seed, "cpu")
+        runs.append(Run(folder, {}, config, source))
+    figures = matrix_roc_figures(runs, encode=lambda path: np.asarray(Image.open(path)).shape)
+    assert [f["title"] for f in figures] == ["m · badnet, seed 0", "m · badnet, seed 1"]
+    assert [d for d, _ in figures[0]["sources"]] == ["strip", "teco"]
+    assert figures[0]["sources"][1][1].run == "badnet--teco--s0"
+    assert figures[0]["uri"][0] > 100  # a rendered PNG, read back
+    scores = read_scores(tmp_path / "badnet--strip--s1" / "artifacts" / "detection" / "strip.csv")
+    assert len(scores["clean"]) == len(scores["triggered"]) == 30

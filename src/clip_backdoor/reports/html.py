@@ -18,6 +18,7 @@ import jinja2
 
 from clip_backdoor.errors import UserError
 from clip_backdoor.reports.common import config_model, finished_runs, read_run
+from clip_backdoor.reports.matrix_roc import detection_cell, matrix_roc_figures
 
 PAPERS = [  # (section, table module, the stages (kind, methods) of the runs it reports)
     (
@@ -239,6 +240,11 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
+def _percent(value: float) -> str:
+    """A grid percentage, one decimal as in ``results/matrix.md``."""
+    return "-" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
 def figures(runs: list[Run], prefix: str) -> list[dict]:
     """Figures of the runs whose name starts with ``prefix``, embedded, with their run."""
     found = []
@@ -257,6 +263,7 @@ def write_report(folders: list[str], out: str | Path) -> Path:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
+    own = [run for run in runs if not detection_cell(run)]  # matrix cells: shared axes instead
     triggers, seen = [], set()
     for figure in figures(runs, "trigger_"):
         if figure["name"] not in seen:  # one picture per trigger
@@ -265,10 +272,12 @@ def write_report(folders: list[str], out: str | Path) -> Path:
     page = environment.get_template("report.html.j2").render(
         grid=grid(runs),
         papers=paper_tables(runs),
-        rocs=figures(runs, "roc") + figures(runs, "data_scan_roc") + figures(runs, "scan_roc"),
+        matrix_rocs=matrix_roc_figures(runs, data_uri),
+        rocs=figures(own, "roc") + figures(runs, "data_scan_roc") + figures(runs, "scan_roc"),
         triggers=triggers,
         runs=[r.source for r in runs],
         fmt=_cell,
+        pct=_percent,
     )
     out.mkdir(parents=True, exist_ok=True)
     target = out / "index.html"
