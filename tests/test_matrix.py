@@ -10,7 +10,7 @@ from test_poisoning import RECIPE as POISON_RECIPE
 from test_poisoning import TRAINING
 
 from clip_backdoor.errors import ConfigError
-from clip_backdoor.matrix.launch import run_matrix
+from clip_backdoor.matrix.launch import matrix_status, run_matrix
 from clip_backdoor.matrix.spec import expand, parse_matrix
 from clip_backdoor.reports.summary import write_summary
 
@@ -85,6 +85,9 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
     # are kept, and the summary below reads only the newest run of each cell
     changed = matrix(tmp_path)
     changed["matrix"]["detectors"][0]["params"]["images"] = 32
+    status = matrix_status(parse_matrix(changed, "tiny"), "tiny")  # --status: says, runs nothing
+    assert "badnet s0: 2/3; strip (stale)" in status
+    assert status.endswith("2 of 3 cells done, 1 to run")
     said = []
     rerun = run_matrix(parse_matrix(changed, "tiny"), "tiny", log=said.append)
     assert (

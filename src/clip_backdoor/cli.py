@@ -63,8 +63,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = included_recipe(read_yaml(args.recipe), str(args.recipe))
     if is_matrix(data):
         return _run_matrix(args, data)
-    if args.launcher or args.cells:
-        raise UserError("--launcher and --cells apply to matrix recipes (kind: matrix) only")
+    if args.launcher or args.cells or args.status:
+        raise UserError(
+            "--launcher, --cells and --status apply to matrix recipes (kind: matrix) only"
+        )
     recipe = load_recipe(args.recipe)
     if args.runs_root:
         recipe.runs_root = args.runs_root
@@ -78,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_matrix(args: argparse.Namespace, data: dict) -> int:
-    from clip_backdoor.matrix.launch import run_matrix
+    from clip_backdoor.matrix.launch import matrix_status, run_matrix
     from clip_backdoor.matrix.spec import parse_matrix
 
     matrix = parse_matrix(data, str(args.recipe))
@@ -86,6 +88,9 @@ def _run_matrix(args: argparse.Namespace, data: dict) -> int:
         matrix.runs_root = args.runs_root
     if args.seed is not None:
         matrix.matrix.seeds = [args.seed]
+    if args.status:
+        print(matrix_status(matrix, str(args.recipe), only=args.cells))
+        return 0
     folders = run_matrix(matrix, str(args.recipe), args.launcher, log=print, only=args.cells)
     print(f"cells: {len(folders)} run folders under {Path(matrix.runs_root) / matrix.name}")
     return 0
@@ -218,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="matrix recipes: run only the cells whose name <attack>--<column>--s<seed> "
         "matches this shell pattern (e.g. 'badnet--*--s0'); the others are left as they are",
+    )
+    run.add_argument(
+        "--status",
+        action="store_true",
+        help="matrix recipes: say which cells of each attack and seed are done and which a "
+        "call would run (missing, or stale: their recipe changed); runs nothing",
     )
     run.set_defaults(func=cmd_run)
 

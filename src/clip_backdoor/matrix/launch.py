@@ -71,15 +71,7 @@ def run_matrix(
         matrix = matrix.model_copy(
             update={"launcher": matrix.launcher.model_copy(update={"kind": launcher})}
         )
-    cells = expand(matrix, source)
-    if only is not None:
-        chosen = [c for c in cells if fnmatch.fnmatchcase(c.name, only)]
-        if not chosen:
-            raise ConfigError(
-                f"--cells '{only}' matches none of the {len(cells)} cells of {matrix.name} "
-                f"(they are named like {cells[0].name})"
-            )
-        cells = chosen
+    cells = selected_cells(matrix, source, only)
     root = Path(matrix.runs_root) / matrix.name
     done = {c.name: c.folder(root) for c in cells}
     missing = [c for c in cells if done[c.name] is None]
@@ -106,6 +98,45 @@ def run_matrix(
                 ) from None
     log(f"matrix {matrix.name}: complete in {time.perf_counter() - start:.1f} s")
     return {name: folder for name, folder in done.items()}
+
+
+def selected_cells(matrix: MatrixRecipe, source: str, only: str | None) -> list[Cell]:
+    """The matrix's cells, or those whose name matches the shell pattern ``only``."""
+    cells = expand(matrix, source)
+    if only is None:
+        return cells
+    chosen = [c for c in cells if fnmatch.fnmatchcase(c.name, only)]
+    if not chosen:
+        raise ConfigError(
+            f"--cells '{only}' matches none of the {len(cells)} cells of {matrix.name} "
+            f"(they are named like {cells[0].name})"
+        )
+    return chosen
+
+
+def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) -> str:
+    """Which cells are done, to run, or to run again (recipe changed), per attack and seed:
+    what a call would run, without running it."""
+    cells = selected_cells(matrix, source, only)
+    root = Path(matrix.runs_root) / matrix.name
+    rows: dict[tuple[str, int], list[str]] = {}
+    for cell in cells:
+        state = "done" if cell.folder(root) else "stale" if cell.stale(root) else "missing"
+        rows.setdefault((cell.attack, cell.seed), []).append(
+            state if state == "done" else f"{cell.column} ({state})"
+        )
+    lines = [f"matrix {matrix.name} under {root}: attack, seed: cells done / cells; to run"]
+    for (attack, seed), states in rows.items():
+        todo = [s for s in states if s != "done"]
+        partly = todo and len(todo) < len(states) or any("stale" in s for s in todo)
+        lines.append(
+            f"  {attack} s{seed}: {len(states) - len(todo)}/{len(states)}"
+            + (f"; {', '.join(todo)}" if partly else "")
+        )
+    total = sum(map(len, rows.values()))
+    left = sum(s != "done" for states in rows.values() for s in states)
+    lines.append(f"{total - left} of {total} cells done, {left} to run")
+    return "\n".join(lines)
 
 
 def _submit(executor, cells: list[Cell]) -> list:
