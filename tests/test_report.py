@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import re
 import shutil
 import subprocess
@@ -58,7 +59,8 @@ def test_report_holds_the_grid_tables_figures_and_links(tiny_run, tmp_path):
         assert f'id="{section}"' in html
     assert "· badnet</td>" in html  # the grid: one row per (model, attack)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) >= 2  # STRIP's ROC and the trigger
+    assert len(images) >= 3  # STRIP's ROC, the trigger and its difference from grey
+    assert 'alt="trigger_badnet, difference from grey"' in html
     for image in images:
         assert base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n"
     links = set(re.findall(r'href="([^"#]+)"', html))
@@ -131,3 +133,21 @@ def test_the_matrix_detectors_of_one_attack_and_seed_share_one_roc_figure(tmp_pa
     assert figures[0]["uri"][0] > 100  # a rendered PNG, read back
     scores = read_scores(tmp_path / "badnet--strip--s1" / "artifacts" / "detection" / "strip.csv")
     assert len(scores["clean"]) == len(scores["triggered"]) == 30
+
+
+def test_a_trigger_is_shown_with_its_difference_from_grey_stretched(tmp_path):
+    """A faint patch (+6 levels on mid-grey) is invisible in the render; stretched, it is white
+    on black and the page says by how much it was stretched."""
+    import numpy as np
+    from PIL import Image
+
+    from clip_backdoor.reports.trigger_view import GREY, stretched_difference
+
+    render = np.full((16, 16, 3), GREY, np.uint8)
+    render[2:4, 5:7, 1] += 6
+    Image.fromarray(render).save(tmp_path / "trigger_faint.png")
+    uri, peak = stretched_difference(tmp_path / "trigger_faint.png")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert peak == 6 and shown[2:4, 5:7].min() == 255 and shown.sum() == 4 * 255
+    Image.fromarray(np.full((16, 16, 3), GREY, np.uint8)).save(tmp_path / "trigger_none.png")
+    assert stretched_difference(tmp_path / "trigger_none.png")[1] == 0  # plain grey: no divide

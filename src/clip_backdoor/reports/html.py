@@ -19,6 +19,7 @@ import jinja2
 from clip_backdoor.errors import UserError
 from clip_backdoor.reports.common import config_model, finished_runs, read_run
 from clip_backdoor.reports.matrix_roc import detection_cell, matrix_roc_figures
+from clip_backdoor.reports.trigger_view import stretched_difference
 
 PAPERS = [  # (section, table module, the stages (kind, methods) of the runs it reports)
     (
@@ -251,7 +252,9 @@ def figures(runs: list[Run], prefix: str) -> list[dict]:
     for run in runs:
         for stem, path in run.figures.items():
             if stem.startswith(prefix):
-                found.append({"name": stem, "uri": data_uri(path), "source": run.source})
+                found.append(
+                    {"name": stem, "uri": data_uri(path), "source": run.source, "path": path}
+                )
     return found
 
 
@@ -268,7 +271,8 @@ def write_report(folders: list[str], out: str | Path) -> Path:
     for figure in figures(runs, "trigger_"):
         if figure["name"] not in seen:  # one picture per trigger
             seen.add(figure["name"])
-            triggers.append(figure)
+            difference, peak = stretched_difference(figure["path"])
+            triggers.append({**figure, "difference": difference, "peak": peak})
     page = environment.get_template("report.html.j2").render(
         grid=grid(runs),
         papers=paper_tables(runs),
