@@ -215,5 +215,5 @@ def test_the_grid_names_the_seeds_each_mean_is_over(tmp_path):
 
     rows = [row("badnet", 0, 90.0), row("badnet", 1, 94.0), row("sig", 0, 80.0)]
     text = write_matrix(rows, [], tmp_path, "matrix_runs.json")
-    assert "| badnet (s0, s1) | 92.0 / 50.0 |" in text
+    assert "| badnet (s0, s1) | 92.0 ± 2.0 / 50.0 |" in text  # the mean +- spans both seeds
     assert "| sig (s0) | 80.0 / 50.0 |" in text

@@ -2,7 +2,8 @@
 
 Rows come from a matrix's cell run folders (their ``matrix_cell`` says which cell they are):
 a defense cell gives the CA and ASR after it, the ``none`` column the attacked model's, a
-detector cell its AUROC, a scan cell its verdict. The grid shows seed means.
+detector cell its AUROC, a scan cell its verdict. The grid shows seed means, with half the
+range over seeds where a cell has two, so that a reader sees how far one seed moves it.
 """
 
 from __future__ import annotations
@@ -59,12 +60,21 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def grid(rows: list[dict], value: str, column: str) -> tuple[list[str], list[str], dict]:
-    """(attacks, columns, {(attack, column): seed mean of ``value``})."""
+def _half_range(values: list[float]) -> float:
+    """Half the spread over seeds (NaN for one seed): with two seeds, the mean +- this spans
+    both numbers."""
+    values = [v for v in values if not math.isnan(v)]
+    return (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
+
+
+def grid(
+    rows: list[dict], value: str, column: str, statistic=_mean
+) -> tuple[list[str], list[str], dict]:
+    """(attacks, columns, {(attack, column): ``statistic`` over seeds of ``value``})."""
     attacks = sorted({r["attack"] for r in rows if r[column] not in ("-",)})
     columns = sorted({r[column] for r in rows if r[column] != "-"}, key=lambda c: (c != "none", c))
     cells = {
-        (a, c): _mean([r[value] for r in rows if r["attack"] == a and r[column] == c])
+        (a, c): statistic([r[value] for r in rows if r["attack"] == a and r[column] == c])
         for a in attacks
         for c in columns
     }
@@ -88,19 +98,26 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     if defended:
         attacks, columns, asr = grid(defended, "asr", "defense")
         _, _, ca = grid(defended, "ca", "defense")
+        _, _, spread = grid(defended, "asr", "defense", _half_range)
         body = [
-            [with_seeds(defended, a)] + [_pair(asr[(a, c)], ca[(a, c)]) for c in columns]
+            [with_seeds(defended, a)]
+            + [_pair(asr[(a, c)], ca[(a, c)], spread[(a, c)]) for c in columns]
             for a in attacks
         ]
-        text += "ASR % / CA % after each defense (mean over seeds; `none`: the attacked model):\n\n"
+        text += (
+            "ASR % / CA % after each defense (mean over seeds, the ASR's +- half its range over "
+            "seeds where there are two; `none`: the attacked model):\n\n"
+        )
         text += markdown_table(["attack"] + columns, body) + "\n\n"
     detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
     if detected:
         attacks, columns, auroc = grid(detected, "auroc", "detector")
+        _, _, spread = grid(detected, "auroc", "detector", _half_range)
         body = [
-            [with_seeds(detected, a)] + [_three(auroc[(a, c)]) for c in columns] for a in attacks
+            [with_seeds(detected, a)] + [_three(auroc[(a, c)], spread[(a, c)]) for c in columns]
+            for a in attacks
         ]
-        text += "Input detectors, AUROC (mean over seeds):\n\n"
+        text += "Input detectors, AUROC (mean over seeds, +- half the range):\n\n"
         text += markdown_table(["attack"] + columns, body) + "\n\n"
     scanned = [r for r in rows if r["verdict"] != "-"]
     if scanned:
@@ -111,12 +128,16 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     return text
 
 
-def _pair(asr: float, ca: float) -> str:
-    return "-" if math.isnan(asr) and math.isnan(ca) else f"{asr:.1f} / {ca:.1f}"
+def _pair(asr: float, ca: float, spread: float = math.nan) -> str:
+    if math.isnan(asr) and math.isnan(ca):
+        return "-"
+    return f"{asr:.1f}" + ("" if math.isnan(spread) else f" ± {spread:.1f}") + f" / {ca:.1f}"
 
 
-def _three(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.3f}"
+def _three(value: float, spread: float = math.nan) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" + ("" if math.isnan(spread) else f" ± {spread:.3f}")
 
 
 # latest_run_only: a cell run again (killed, or its recipe changed) replaces its earlier run
