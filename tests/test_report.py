@@ -57,7 +57,7 @@ def test_report_holds_the_grid_tables_figures_and_links(tiny_run, tmp_path):
     html = page.read_text()
     for section in ("grid", "poisoning", "roc", "triggers", "runs"):
         assert f'id="{section}"' in html
-    assert "· badnet</td>" in html  # the grid: one row per (model, attack)
+    assert '· badnet <span class="ca">(s0)</span></td>' in html  # a row per (model, attack)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 3  # STRIP's ROC, the trigger and its difference from grey
     assert 'alt="trigger_badnet, difference from grey"' in html
@@ -151,3 +151,26 @@ def test_a_trigger_is_shown_with_its_difference_from_grey_stretched(tmp_path):
     assert peak == 6 and shown[2:4, 5:7].min() == 255 and shown.sum() == 4 * 255
     Image.fromarray(np.full((16, 16, 3), GREY, np.uint8)).save(tmp_path / "trigger_none.png")
     assert stretched_difference(tmp_path / "trigger_none.png")[1] == 0  # plain grey: no divide
+
+
+def test_the_html_grid_names_the_seeds_of_a_row_and_of_a_cell_with_fewer(tmp_path):
+    """A row being filled: `none` has seeds 0 and 1, `ft` only seed 0; the row says (s0, s1)
+    and the ft cell says (s0), so a one-seed number is not read as a two-seed mean."""
+    from clip_backdoor.reports.html import Run, Source, grid
+
+    def cell(column: str, seed: int, asr: float) -> Run:
+        config = {
+            "model": {"name": "m"},
+            "seed": seed,
+            "matrix_cell": {"attack": "badnet", "column": column, "kind": "defense"},
+        }
+        metrics = {"points": [{"kind": "defense", "point": column, "ca": 0.5, "asr": asr}]}
+        source = Source(f"{column}-s{seed}", ".", "r.yaml", "abc", seed, "cpu")
+        return Run(tmp_path, metrics, config, source)
+
+    found = grid([cell("none", 0, 0.9), cell("none", 1, 0.8), cell("ft", 0, 0.4)])
+    (row,) = found["rows"]
+    assert row["seeds"] == "s0, s1"
+    by_column = dict(zip(found["defenses"], row["cells"], strict=True))
+    assert by_column["none"]["seeds"] == "" and round(by_column["none"]["asr"], 6) == 85.0
+    assert by_column["ft"]["seeds"] == "s0"

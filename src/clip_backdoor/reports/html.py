@@ -175,9 +175,19 @@ def _auroc_rows(detected: dict) -> dict:
         for detector in detectors:
             entries = detected.get((attack, detector), [])
             auroc = _mean([e[0] for e in entries])
-            row.append({"auroc": auroc, "sources": [e[1] for e in entries]} if entries else None)
-        rows.append({"attack": attack, "cells": row})
-    return {"detectors": detectors, "rows": rows}
+            sources = [e[1] for e in entries]
+            row.append({"auroc": auroc, "sources": sources, "seeds": ""} if entries else None)
+        rows.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
+    return {"detectors": detectors, "rows": _partial_cells(rows)}
+
+
+def _partial_cells(rows: list[dict]) -> list[dict]:
+    """Name the seeds of a cell that has fewer than its row (a row still being filled)."""
+    for row in rows:
+        for cell in row["cells"]:
+            if cell and seeds_of([cell]) != row["seeds"]:
+                cell["seeds"] = seeds_of([cell])
+    return rows
 
 
 def _grid_rows(cells: dict) -> dict:
@@ -193,11 +203,16 @@ def _grid_rows(cells: dict) -> dict:
                 continue
             asr = _mean([e[0] for e in entries])
             ca = _mean([e[1] for e in entries])
-            row.append(
-                {"asr": asr, "ca": ca, "colour": heat(asr), "sources": [e[2] for e in entries]}
-            )
-        table.append({"attack": attack, "cells": row})
-    return {"defenses": defenses, "rows": table}
+            sources = [e[2] for e in entries]
+            row.append({"asr": asr, "ca": ca, "colour": heat(asr), "sources": sources, "seeds": ""})
+        table.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
+    return {"defenses": defenses, "rows": _partial_cells(table)}
+
+
+def seeds_of(row: list[dict | None]) -> str:
+    """The seeds a row's means are over (``s0, s1``): a grid being filled mixes one and two."""
+    seeds = {str(s.seed) for cell in row if cell for s in cell["sources"]}
+    return ", ".join(f"s{seed}" for seed in sorted(seeds))
 
 
 def _pct(value) -> float:
