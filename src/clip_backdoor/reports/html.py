@@ -176,17 +176,18 @@ def _auroc_rows(detected: dict) -> dict:
             entries = detected.get((attack, detector), [])
             auroc = _mean([e[0] for e in entries])
             sources = [e[1] for e in entries]
-            row.append({"auroc": auroc, "sources": sources, "seeds": ""} if entries else None)
+            row.append({"auroc": auroc, "sources": sources} if entries else None)
         rows.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
     return {"detectors": detectors, "rows": _partial_cells(rows)}
 
 
 def _partial_cells(rows: list[dict]) -> list[dict]:
-    """Name the seeds of a cell that has fewer than its row (a row still being filled)."""
+    """Name the seeds of a cell that has fewer than its row (a row still being filled); ""
+    where it has the row's."""
     for row in rows:
-        for cell in row["cells"]:
-            if cell and seeds_of([cell]) != row["seeds"]:
-                cell["seeds"] = seeds_of([cell])
+        for cell in filter(None, row["cells"]):
+            own = seeds_of([cell])
+            cell["seeds"] = "" if own == row["seeds"] else own
     return rows
 
 
@@ -204,7 +205,7 @@ def _grid_rows(cells: dict) -> dict:
             asr = _mean([e[0] for e in entries])
             ca = _mean([e[1] for e in entries])
             sources = [e[2] for e in entries]
-            row.append({"asr": asr, "ca": ca, "colour": heat(asr), "sources": sources, "seeds": ""})
+            row.append({"asr": asr, "ca": ca, "colour": heat(asr), "sources": sources})
         table.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
     return {"defenses": defenses, "rows": _partial_cells(table)}
 

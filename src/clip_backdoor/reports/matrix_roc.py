@@ -37,29 +37,27 @@ def read_scores(path: Path) -> dict[str, list[float]]:
 def matrix_roc_figures(runs: list, encode) -> list[dict]:
     """``[{"title", "uri", "sources": [(detector, Source)]}]``, one per (model, attack, seed),
     sorted; ``encode`` turns a PNG path into what the page embeds."""
-    groups: dict[tuple, dict[str, object]] = {}
+    groups: dict[tuple, dict[str, tuple]] = {}  # key -> {detector: (run, its score table)}
     for run in runs:
         cell = detection_cell(run)
-        scores = run.folder / "artifacts" / "detection" / f"{cell['column']}.csv" if cell else None
-        if scores is None or not scores.is_file():
+        if not cell:
             continue
-        key = (config_model(run.config), cell["attack"], run.config.get("seed"))
-        groups.setdefault(key, {})[cell["column"]] = run
+        scores = run.folder / "artifacts" / "detection" / f"{cell['column']}.csv"
+        if scores.is_file():
+            key = (config_model(run.config), cell["attack"], run.config.get("seed"))
+            groups.setdefault(key, {})[cell["column"]] = (run, scores)
     figures = []
     with tempfile.TemporaryDirectory() as scratch:
         for n, key in enumerate(sorted(groups, key=str)):
             model, attack, seed = key
             cells = dict(sorted(groups[key].items()))
-            detections = {
-                detector: read_scores(run.folder / "artifacts" / "detection" / f"{detector}.csv")
-                for detector, run in cells.items()
-            }
+            detections = {detector: read_scores(scores) for detector, (_, scores) in cells.items()}
             path = roc_figure(detections, Path(scratch) / f"roc_{n}.png")
             figures.append(
                 {
                     "title": f"{model} · {attack}, seed {seed}",
                     "uri": encode(path),
-                    "sources": [(detector, run.source) for detector, run in cells.items()],
+                    "sources": [(detector, run.source) for detector, (run, _) in cells.items()],
                 }
             )
     return figures
