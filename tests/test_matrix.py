@@ -11,6 +11,7 @@ from test_poisoning import TRAINING
 
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.matrix.launch import matrix_status, run_matrix
+from clip_backdoor.matrix.pace import cell_seconds, remaining_time
 from clip_backdoor.matrix.spec import expand, parse_matrix
 from clip_backdoor.reports.summary import write_summary
 
@@ -87,7 +88,8 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
     changed["matrix"]["detectors"][0]["params"]["images"] = 32
     status = matrix_status(parse_matrix(changed, "tiny"), "tiny")  # --status: says, runs nothing
     assert "badnet s0: 2/3; strip (stale)" in status
-    assert status.endswith("2 of 3 cells done, 1 to run")
+    assert "2 of 3 cells done, 1 to run\nto run: about " in status
+    assert "not counted" not in status  # the stale STRIP folder gives STRIP's pace
     said = []
     rerun = run_matrix(parse_matrix(changed, "tiny"), "tiny", log=said.append)
     assert (
@@ -217,3 +219,29 @@ def test_the_grid_names_the_seeds_each_mean_is_over(tmp_path):
     text = write_matrix(rows, [], tmp_path, "matrix_runs.json")
     assert "| badnet (s0, s1) | 92.0 ± 2.0 / 50.0 |" in text  # the mean +- spans both seeds
     assert "| sig (s0) | 80.0 / 50.0 |" in text
+
+
+def test_a_cells_time_is_read_from_its_log_and_the_rest_of_a_matrix_is_estimated_from_it(
+    tmp_path,
+):
+    """``--status`` says how long the cells still to run take, at the median of the finished
+    cells of each column; a column with none finished is said not to be counted."""
+    root = tmp_path / "grid"
+    for name, start, end in [
+        ("a--ft--s0", "10:00:00,000", "10:01:15,500"),
+        ("b--ft--s0", "11:00:00,000", "11:03:00,000"),
+        ("c--ft--s0", "12:00:00,000", "12:02:00,000"),
+    ]:
+        folder = root / f"20261206-000000-{name}"
+        folder.mkdir(parents=True)
+        (folder / "log.txt").write_text(
+            f"2026-12-06 {start} model mini-clip\nTraceback (no stamp)\n"
+            f"2026-12-06 {end} metrics {{}}\n"
+        )
+        (folder / "metrics.json").write_text("{}")
+    assert cell_seconds(root / "20261206-000000-a--ft--s0") == 75.5
+    (root / "20261206-000000-b--ft--s0" / "metrics.json").unlink()  # unfinished: not a pace
+    assert cell_seconds(root / "20261206-000000-b--ft--s0") is None
+    said = remaining_time(root, ["ft", "ft", "strip"])
+    assert said.startswith("about 3 min at the median")  # 2 x median(75.5, 120) = 195.5 s
+    assert said.endswith("(1 cells of columns with none finished not counted)")

@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--status",
         action="store_true",
         help="matrix recipes: say which cells of each attack and seed are done and which a "
-        "call would run (missing, or stale: their recipe changed); runs nothing",
+        "call would run (missing, or stale: their recipe changed), and about how long they take "
+        "at the pace of the finished cells; runs nothing",
     )
     run.set_defaults(func=cmd_run)
 

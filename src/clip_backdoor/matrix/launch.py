@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.matrix.pace import remaining_time
 from clip_backdoor.matrix.spec import Cell, MatrixRecipe, expand
 
 
@@ -120,11 +121,14 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
     cells = selected_cells(matrix, source, only)
     root = Path(matrix.runs_root) / matrix.name
     rows: dict[tuple[str, int], list[str]] = {}
+    todo_columns = []
     for cell in cells:
         state = "done" if cell.folder(root) else "stale" if cell.stale(root) else "missing"
         rows.setdefault((cell.attack, cell.seed), []).append(
             state if state == "done" else f"{cell.column} ({state})"
         )
+        if state != "done":
+            todo_columns.append(cell.column)
     lines = [f"matrix {matrix.name} under {root}: attack, seed: cells done / cells; to run"]
     for (attack, seed), states in rows.items():
         todo = [s for s in states if s != "done"]
@@ -133,9 +137,10 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
             f"  {attack} s{seed}: {len(states) - len(todo)}/{len(states)}"
             + (f"; {', '.join(todo)}" if partly else "")
         )
-    total = sum(map(len, rows.values()))
-    left = sum(s != "done" for states in rows.values() for s in states)
-    lines.append(f"{total - left} of {total} cells done, {left} to run")
+    left = len(todo_columns)
+    lines.append(f"{len(cells) - left} of {len(cells)} cells done, {left} to run")
+    if left:
+        lines.append(f"to run: {remaining_time(root, todo_columns)}")
     return "\n".join(lines)
 
 
