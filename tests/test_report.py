@@ -155,7 +155,8 @@ def test_a_trigger_is_shown_with_its_difference_from_grey_stretched(tmp_path):
 
 def test_the_html_grid_names_the_seeds_of_a_row_and_of_a_cell_with_fewer(tmp_path):
     """A row being filled: `none` has seeds 0 and 1, `ft` only seed 0; the row says (s0, s1)
-    and the ft cell says (s0), so a one-seed number is not read as a two-seed mean."""
+    and the ft cell says (s0), so a one-seed number is not read as a two-seed mean; a two-seed
+    cell carries its spread."""
     from clip_backdoor.reports.html import Run, Source, grid
 
     def cell(column: str, seed: int, asr: float) -> Run:
@@ -173,4 +174,6 @@ def test_the_html_grid_names_the_seeds_of_a_row_and_of_a_cell_with_fewer(tmp_pat
     assert row["seeds"] == "s0, s1"
     by_column = dict(zip(found["defenses"], row["cells"], strict=True))
     assert by_column["none"]["seeds"] == "" and round(by_column["none"]["asr"], 6) == 85.0
+    assert by_column["none"]["spread"] == "± 5.0"  # half the range, as results/matrix.md has it
+    assert by_column["ft"]["spread"] == ""
     assert by_column["ft"]["seeds"] == "s0"

@@ -18,6 +18,7 @@ import jinja2
 
 from clip_backdoor.errors import UserError
 from clip_backdoor.reports.common import config_model, finished_runs, read_run
+from clip_backdoor.reports.matrix import half_range, mean
 from clip_backdoor.reports.matrix_roc import detection_cell, matrix_roc_figures
 from clip_backdoor.reports.trigger_view import stretched_difference
 
@@ -174,9 +175,10 @@ def _auroc_rows(detected: dict) -> dict:
         row = []
         for detector in detectors:
             entries = detected.get((attack, detector), [])
-            auroc = _mean([e[0] for e in entries])
+            aurocs = [e[0] for e in entries]
             sources = [e[1] for e in entries]
-            row.append({"auroc": auroc, "sources": sources} if entries else None)
+            cell = {"auroc": mean(aurocs), "spread": _spread(aurocs, "{:.3f}"), "sources": sources}
+            row.append(cell if entries else None)
         rows.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
     return {"detectors": detectors, "rows": _partial_cells(rows)}
 
@@ -202,10 +204,13 @@ def _grid_rows(cells: dict) -> dict:
             if not entries:
                 row.append(None)
                 continue
-            asr = _mean([e[0] for e in entries])
-            ca = _mean([e[1] for e in entries])
+            asrs = [e[0] for e in entries]
+            asr, ca = mean(asrs), mean([e[1] for e in entries])
             sources = [e[2] for e in entries]
-            row.append({"asr": asr, "ca": ca, "colour": heat(asr), "sources": sources})
+            spread = _spread(asrs, "{:.1f}")
+            row.append(
+                {"asr": asr, "ca": ca, "colour": heat(asr), "spread": spread, "sources": sources}
+            )
         table.append({"attack": attack, "seeds": seeds_of(row), "cells": row})
     return {"defenses": defenses, "rows": _partial_cells(table)}
 
@@ -216,13 +221,14 @@ def seeds_of(row: list[dict | None]) -> str:
     return ", ".join(f"s{seed}" for seed in sorted(seeds))
 
 
+def _spread(values: list[float], form: str) -> str:
+    """``± x``, half the range over seeds as in ``results/matrix.md``; "" for one seed."""
+    spread = half_range(values)
+    return "" if math.isnan(spread) else "± " + form.format(spread)
+
+
 def _pct(value) -> float:
     return math.nan if value is None else 100 * float(value)
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
 
 
 def paper_tables(runs: list[Run]) -> list[dict]:

@@ -55,12 +55,12 @@ def matrix_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
     return [row]
 
 
-def _mean(values: list[float]) -> float:
+def mean(values: list[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return statistics.fmean(values) if values else math.nan
 
 
-def _half_range(values: list[float]) -> float:
+def half_range(values: list[float]) -> float:
     """Half the spread over seeds (NaN for one seed): with two seeds, the mean +- this spans
     both numbers."""
     values = [v for v in values if not math.isnan(v)]
@@ -68,7 +68,7 @@ def _half_range(values: list[float]) -> float:
 
 
 def grid(
-    rows: list[dict], value: str, column: str, statistic=_mean
+    rows: list[dict], value: str, column: str, statistic=mean
 ) -> tuple[list[str], list[str], dict]:
     """(attacks, columns, {(attack, column): ``statistic`` over seeds of ``value``})."""
     attacks = sorted({r["attack"] for r in rows if r[column] not in ("-",)})
@@ -98,7 +98,7 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     if defended:
         attacks, columns, asr = grid(defended, "asr", "defense")
         _, _, ca = grid(defended, "ca", "defense")
-        _, _, spread = grid(defended, "asr", "defense", _half_range)
+        _, _, spread = grid(defended, "asr", "defense", half_range)
         body = [
             [with_seeds(defended, a)]
             + [_pair(asr[(a, c)], ca[(a, c)], spread[(a, c)]) for c in columns]
@@ -112,7 +112,7 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
     if detected:
         attacks, columns, auroc = grid(detected, "auroc", "detector")
-        _, _, spread = grid(detected, "auroc", "detector", _half_range)
+        _, _, spread = grid(detected, "auroc", "detector", half_range)
         body = [
             [with_seeds(detected, a)] + [_three(auroc[(a, c)], spread[(a, c)]) for c in columns]
             for a in attacks
