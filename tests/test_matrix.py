@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import pytest
@@ -225,12 +226,14 @@ def test_a_cells_time_is_read_from_its_log_and_the_rest_of_a_matrix_is_estimated
     tmp_path,
 ):
     """``--status`` says how long the cells still to run take, at the median of the finished
-    cells of each column; a column with none finished is said not to be counted."""
+    cells of each column, a cell that trained its attack timed apart; what has no finished
+    example is said not to be counted."""
     root = tmp_path / "grid"
-    for name, start, end in [
-        ("a--ft--s0", "10:00:00,000", "10:01:15,500"),
-        ("b--ft--s0", "11:00:00,000", "11:03:00,000"),
-        ("c--ft--s0", "12:00:00,000", "12:02:00,000"),
+    for name, start, end, trained in [
+        ("a--ft--s0", "10:00:00,000", "10:01:15,500", False),
+        ("b--ft--s0", "11:00:00,000", "11:03:00,000", False),
+        ("c--ft--s0", "12:00:00,000", "12:02:00,000", False),
+        ("c--none--s1", "13:00:00,000", "13:10:00,000", True),
     ]:
         folder = root / f"20261206-000000-{name}"
         folder.mkdir(parents=True)
@@ -238,10 +241,20 @@ def test_a_cells_time_is_read_from_its_log_and_the_rest_of_a_matrix_is_estimated
             f"2026-12-06 {start} model mini-clip\nTraceback (no stamp)\n"
             f"2026-12-06 {end} metrics {{}}\n"
         )
-        (folder / "metrics.json").write_text("{}")
+        metrics = {"attack.attack": {"reused": not trained}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
     assert cell_seconds(root / "20261206-000000-a--ft--s0") == 75.5
     (root / "20261206-000000-b--ft--s0" / "metrics.json").unlink()  # unfinished: not a pace
     assert cell_seconds(root / "20261206-000000-b--ft--s0") is None
-    said = remaining_time(root, ["ft", "ft", "strip"])
-    assert said.startswith("about 3 min at the median")  # 2 x median(75.5, 120) = 195.5 s
+    columns = {"none", "ft", "strip"}
+    # 2 ft cells at median(75.5, 120) s = 195.5 s; the trained none cell is not none's pace
+    said = remaining_time(root, ["ft", "ft", "strip"], untrained=0, columns=columns)
+    assert said.startswith("about 3 min at the median")
     assert said.endswith("(1 cells of columns with none finished not counted)")
+    # one attack to train: + 600 s
+    said = remaining_time(root, ["ft", "ft"], untrained=1, columns=columns)
+    assert said.startswith("about 13 min at the median") and "training of 1 attacks" in said
+    assert "not counted" not in said
+    (root / "20261206-000000-c--none--s1" / "metrics.json").unlink()
+    said = remaining_time(root, ["ft", "ft"], untrained=1, columns=columns)
+    assert said.endswith("(the attacks' training (no finished cell trained one) not counted)")

@@ -140,7 +140,9 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
     left = len(todo_columns)
     lines.append(f"{len(cells) - left} of {len(cells)} cells done, {left} to run")
     if left:
-        lines.append(f"to run: {remaining_time(root, todo_columns)}")
+        untrained = sum(all(s != "done" for s in states) for states in rows.values())
+        columns = {cell.column for cell in cells}
+        lines.append(f"to run: {remaining_time(root, todo_columns, untrained, columns)}")
     return "\n".join(lines)
 
 

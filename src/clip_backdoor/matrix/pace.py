@@ -4,16 +4,19 @@ A full grid runs for hours on a CPU; ``--status`` says how many of them are left
 cell's time is read from its log (first to last timestamp), and every cell still to run is given
 the median time of the finished cells of its column (the same defense or detector on another
 attack or seed: the same work on the same data). An attack is trained once, by the first cell
-that needs it, and is then in the cache: its training is not in a column's median.
+of its attack and seed, and then comes from the cache: a cell that trained its attack is timed
+apart, and one such training is counted for each attack and seed with no finished cell yet.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from datetime import datetime
 from pathlib import Path
 
 STAMP = "%Y-%m-%d %H:%M:%S,%f"
+TRAINED = "(trained its attack)"  # the pool of cells that trained their attack
 
 
 def cell_seconds(folder: Path) -> float | None:
@@ -30,29 +33,43 @@ def cell_seconds(folder: Path) -> float | None:
     return (stamps[-1] - stamps[0]).total_seconds() if stamps else None
 
 
+def trained_its_attack(folder: Path) -> bool:
+    """Whether the run trained an attack stage rather than taking it from the cache."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return any(
+        key.startswith("attack.") and isinstance(value, dict) and value.get("reused") is False
+        for key, value in metrics.items()
+    )
+
+
 def column_paces(root: Path, columns: set[str]) -> dict[str, float]:
-    """Median seconds of the finished cell folders of each column under ``root``."""
+    """Median seconds of the finished cell folders of each column under ``root``; cells that
+    trained their attack go to the ``TRAINED`` pool instead of their column."""
     times: dict[str, list[float]] = {}
     for folder in root.glob("*--*--s*"):
         column = folder.name.split("--")[-2]
         if column in columns and (seconds := cell_seconds(folder)) is not None:
-            times.setdefault(column, []).append(seconds)
-    return {column: statistics.median(t) for column, t in times.items()}
+            pool = TRAINED if trained_its_attack(folder) else column
+            times.setdefault(pool, []).append(seconds)
+    return {pool: statistics.median(t) for pool, t in times.items()}
 
 
-def remaining_time(root: Path, todo_columns: list[str]) -> str:
-    """``about 2.5 h`` for the cells still to run (one column name per cell), saying which
-    were not counted because no cell of their column has finished yet."""
-    paces = column_paces(root, set(todo_columns))
-    seconds = sum(paces.get(column, 0.0) for column in todo_columns)
-    unknown = sum(column not in paces for column in todo_columns)
-    said = (
-        f"about {_duration(seconds)} at the median time of the finished cells of each column, "
-        "plus the training of attacks not in the cache"
-    )
-    if unknown:
-        said += f" ({unknown} cells of columns with none finished not counted)"
-    return said
+def remaining_time(root: Path, todo: list[str], untrained: int, columns: set[str]) -> str:
+    """``about 2.5 h`` for the cells still to run (``todo``: one column name per cell), with
+    ``untrained`` attack trainings (attack-seeds with no finished cell), saying what was not
+    counted because nothing like it has finished yet. ``columns``: every column of the grid."""
+    paces = column_paces(root, columns)
+    seconds = sum(paces.get(column, 0.0) for column in todo)
+    unknown = sum(column not in paces for column in todo)
+    if TRAINED in paces:
+        seconds += untrained * paces[TRAINED]
+    said = f"about {_duration(seconds)} at the median time of the finished cells of each column"
+    if untrained:
+        said += f", counting the training of {untrained} attacks (those with no finished cell)"
+    missing = [f"{unknown} cells of columns with none finished"] if unknown else []
+    if untrained and TRAINED not in paces:
+        missing.append("the attacks' training (no finished cell trained one)")
+    return said + (f" ({' and '.join(missing)} not counted)" if missing else "")
 
 
 def _duration(seconds: float) -> str:
