@@ -246,15 +246,14 @@ def test_a_cells_time_is_read_from_its_log_and_the_rest_of_a_matrix_is_estimated
     assert cell_seconds(root / "20261206-000000-a--ft--s0") == 75.5
     (root / "20261206-000000-b--ft--s0" / "metrics.json").unlink()  # unfinished: not a pace
     assert cell_seconds(root / "20261206-000000-b--ft--s0") is None
-    columns = {"none", "ft", "strip"}
     # 2 ft cells at median(75.5, 120) s = 195.5 s; the trained none cell is not none's pace
-    said = remaining_time(root, ["ft", "ft", "strip"], untrained=0, columns=columns)
+    said = remaining_time(root, ["ft", "ft", "strip"], untrained=0)
     assert said.startswith("about 3 min at the median")
     assert said.endswith("(1 cells of columns with none finished not counted)")
     # one attack to train: + 600 s
-    said = remaining_time(root, ["ft", "ft"], untrained=1, columns=columns)
+    said = remaining_time(root, ["ft", "ft"], untrained=1)
     assert said.startswith("about 13 min at the median") and "training of 1 attacks" in said
     assert "not counted" not in said
     (root / "20261206-000000-c--none--s1" / "metrics.json").unlink()
-    said = remaining_time(root, ["ft", "ft"], untrained=1, columns=columns)
+    said = remaining_time(root, ["ft", "ft"], untrained=1)
     assert said.endswith("(the attacks' training (no finished cell trained one) not counted)")

@@ -141,8 +141,7 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
     lines.append(f"{len(cells) - left} of {len(cells)} cells done, {left} to run")
     if left:
         untrained = sum(all(s != "done" for s in states) for states in rows.values())
-        columns = {cell.column for cell in cells}
-        lines.append(f"to run: {remaining_time(root, todo_columns, untrained, columns)}")
+        lines.append(f"to run: {remaining_time(root, todo_columns, untrained)}")
     return "\n".join(lines)
 
 

@@ -42,23 +42,23 @@ def trained_its_attack(folder: Path) -> bool:
     )
 
 
-def column_paces(root: Path, columns: set[str]) -> dict[str, float]:
+def column_paces(root: Path) -> dict[str, float]:
     """Median seconds of the finished cell folders of each column under ``root``; cells that
     trained their attack go to the ``TRAINED`` pool instead of their column."""
     times: dict[str, list[float]] = {}
     for folder in root.glob("*--*--s*"):
         column = folder.name.split("--")[-2]
-        if column in columns and (seconds := cell_seconds(folder)) is not None:
+        if (seconds := cell_seconds(folder)) is not None:
             pool = TRAINED if trained_its_attack(folder) else column
             times.setdefault(pool, []).append(seconds)
     return {pool: statistics.median(t) for pool, t in times.items()}
 
 
-def remaining_time(root: Path, todo: list[str], untrained: int, columns: set[str]) -> str:
+def remaining_time(root: Path, todo: list[str], untrained: int) -> str:
     """``about 2.5 h`` for the cells still to run (``todo``: one column name per cell), with
     ``untrained`` attack trainings (attack-seeds with no finished cell), saying what was not
-    counted because nothing like it has finished yet. ``columns``: every column of the grid."""
-    paces = column_paces(root, columns)
+    counted because nothing like it has finished yet."""
+    paces = column_paces(root)
     seconds = sum(paces.get(column, 0.0) for column in todo)
     unknown = sum(column not in paces for column in todo)
     if TRAINED in paces:
