@@ -11,6 +11,7 @@ from test_poisoning import RECIPE as POISON_RECIPE
 from test_poisoning import TRAINING
 
 from clip_backdoor.errors import ConfigError
+from clip_backdoor.matrix.gate import attack_asr
 from clip_backdoor.matrix.launch import matrix_status, run_matrix
 from clip_backdoor.matrix.pace import cell_seconds, remaining_time
 from clip_backdoor.matrix.spec import expand, parse_matrix
@@ -135,6 +136,36 @@ def test_a_matrix_fills_its_grid_resumes_and_changes_nothing_when_complete(
     assert 'alt="roc"' not in html
 
 
+def test_an_attack_that_did_not_implant_runs_no_other_cell(poisoned_cache, tmp_path):
+    """``min_attack_asr``: the none cell measures the attack; under the gate its defenses and
+    detectors are not run (locally and through submitit), and ``--status`` says why; a gate
+    below the measured ASR runs them, the none cell kept."""
+    recipe = matrix(tmp_path)
+    attack = recipe["matrix"]["attacks"][0]
+    attack["params"]["training"]["steps"] = 1  # an attack that leaves no backdoor
+    recipe["matrix"]["min_attack_asr"] = 0.5
+    said = []
+    folders = run_matrix(parse_matrix(recipe, "tiny"), "tiny", log=said.append)
+    assert list(folders) == ["badnet--none--s0"]
+    asr = attack_asr(folders["badnet--none--s0"])
+    assert 0.0 <= asr < 0.5
+    why = f"not run, attack ASR {100 * asr:.1f}% < 50% under none"
+    assert said[2:4] == [f"[2/3] badnet--ft--s0: {why}", f"[3/3] badnet--strip--s0: {why}"]
+    assert said[-1].endswith(" s (2 cells not run: their attack did not implant)")
+    status = matrix_status(parse_matrix(recipe, "tiny"), "tiny")
+    assert f"  badnet s0: 1/1 (the rest not run: attack ASR {100 * asr:.1f}% < 50%" in status
+    assert status.endswith("1 of 3 cells done, 0 to run, 2 not run (their attack did not implant)")
+    # the submitit path (its debug executor) judges the none cell before the rest
+    said = []
+    recipe["launcher"] = {"kind": "debug"}
+    again = run_matrix(parse_matrix(recipe, "tiny"), "tiny", log=said.append)
+    assert again == folders and f"badnet--strip--s0: {why}" in said
+
+    recipe["matrix"]["min_attack_asr"] = asr / 2  # below what the attack measured: all run
+    again = run_matrix(parse_matrix(recipe, "tiny"), "tiny", log=lambda m: None)
+    assert len(again) == 3 and again["badnet--none--s0"] == folders["badnet--none--s0"]
+
+
 def test_submitit_local_and_debug_executors_run_the_same_cells(poisoned_cache, tmp_path):
     """The --launcher slurm path (one submitit job per cell) without a cluster: LocalExecutor in
     subprocesses, DebugExecutor in this process (on one cell: it is the same code in-process).
@@ -162,6 +193,10 @@ def test_bad_matrix_input_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="matrix.attacks"):
         parse_matrix({**matrix(tmp_path), "matrix": {"attacks": []}}, "tiny")
+    data = matrix(tmp_path)
+    data["matrix"].update(defenses=data["matrix"]["defenses"][1:], min_attack_asr=0.1)
+    with pytest.raises(ConfigError, match="min_attack_asr reads the 'none' cell: add 'none'"):
+        parse_matrix(data, "tiny")
 
     import builtins
 
@@ -220,6 +255,14 @@ def test_the_grid_names_the_seeds_each_mean_is_over(tmp_path):
     text = write_matrix(rows, [], tmp_path, "matrix_runs.json")
     assert "| badnet (s0, s1) | 92.0 ± 2.0 / 50.0 |" in text  # the mean +- spans both seeds
     assert "| sig (s0) | 80.0 / 50.0 |" in text
+    assert "alone" not in text
+
+    # an attack-seed the gate left with its none cell alone: the cells over fewer seeds than
+    # their row say which, and the attack-seeds run alone are named with their ASR
+    rows += [{**row("sig", 0, 10.0), "defense": "ft"}, row("sig", 1, 0.4)]
+    text = write_matrix(rows, [], tmp_path, "matrix_runs.json")
+    assert "| sig (s0, s1) | 40.2 ± 39.8 / 50.0 | 10.0 / 50.0 (s0) |" in text
+    assert "not defended or detected" in text and ", sig s1 (ASR 0.4).\n" in text
 
 
 def test_a_cells_time_is_read_from_its_log_and_the_rest_of_a_matrix_is_estimated_from_it(

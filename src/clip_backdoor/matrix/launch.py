@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.matrix.gate import failed_attacks, skip_reason
 from clip_backdoor.matrix.pace import remaining_time
-from clip_backdoor.matrix.spec import Cell, MatrixRecipe, expand
+from clip_backdoor.matrix.spec import NONE, Cell, MatrixRecipe, expand
 
 
 def run_cell(recipe: dict) -> str:
@@ -65,7 +66,8 @@ def run_matrix(
     log=print,
     only: str | None = None,
 ) -> dict:
-    """Expand, skip the finished cells, run the rest; returns {cell name: run folder}.
+    """Expand, skip the finished cells, run the rest; returns {cell name: run folder}, less the
+    cells of an attack and seed that did not implant (``min_attack_asr``, see ``gate``).
 
     ``only``: a shell pattern on cell names, for a slice of a grid too big for one sitting."""
     if launcher is not None:
@@ -83,22 +85,50 @@ def run_matrix(
         + (f", {stale} of them again since their recipe changed" if stale else "")
     )
     start = time.perf_counter()
+    gate = matrix.matrix.min_attack_asr
+    failed = failed_attacks(cells, root, gate)
     if matrix.launcher.kind == "local":
         for index, cell in enumerate(missing, 1):
+            why = skip_reason(cell, failed, gate)
+            if why:
+                log(f"[{index}/{len(missing)}] {cell.name}: not run, {why}")
+                continue
             log(f"[{index}/{len(missing)}] {cell.name}")
             done[cell.name] = Path(run_cell(cell.recipe))
+            failed.update(failed_attacks([cell], root, gate))  # a none cell just run
     elif missing:
         executor = executor_for(matrix, root / "submitit")
-        jobs = _submit(executor, missing)
-        for cell, job in zip(missing, jobs, strict=True):
-            try:
-                done[cell.name] = Path(job.result())
-            except Exception as e:  # a failed job: say which cell, keep the others
-                raise UserError(
-                    f"matrix cell {cell.name} failed: {str(e).splitlines()[-1]}"
-                ) from None
-    log(f"matrix {matrix.name}: complete in {time.perf_counter() - start:.1f} s")
-    return {name: folder for name, folder in done.items()}
+        waves = [missing]
+        if gate is not None:  # the none cells first: they decide which of the rest run
+            waves = [[c for c in missing if c.kind == NONE], [c for c in missing if c.kind != NONE]]
+        for wave in waves:
+            failed = failed_attacks(cells, root, gate)
+            for cell in wave:
+                if why := skip_reason(cell, failed, gate):
+                    log(f"{cell.name}: not run, {why}")
+            wave = [c for c in wave if not skip_reason(c, failed, gate)]
+            done.update(_run_jobs(executor, wave))
+    ran = sum(f is not None for f in done.values())
+    log(
+        f"matrix {matrix.name}: complete in {time.perf_counter() - start:.1f} s"
+        + (
+            f" ({len(done) - ran} cells not run: their attack did not implant)"
+            if ran < len(done)
+            else ""
+        )
+    )
+    return {name: folder for name, folder in done.items() if folder is not None}
+
+
+def _run_jobs(executor, cells: list[Cell]) -> dict:
+    """{cell name: run folder} of ``cells``, one submitit job each; a failed job names its cell."""
+    found = {}
+    for cell, job in zip(cells, _submit(executor, cells) if cells else [], strict=True):
+        try:
+            found[cell.name] = Path(job.result())
+        except Exception as e:  # a failed job: say which cell, keep the others
+            raise UserError(f"matrix cell {cell.name} failed: {str(e).splitlines()[-1]}") from None
+    return found
 
 
 def selected_cells(matrix: MatrixRecipe, source: str, only: str | None) -> list[Cell]:
@@ -121,9 +151,14 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
     cells = selected_cells(matrix, source, only)
     root = Path(matrix.runs_root) / matrix.name
     rows: dict[tuple[str, int], list[str]] = {}
-    todo_columns = []
+    todo_columns, skipped = [], {}  # skipped: {(attack, seed): why}
+    gate = matrix.matrix.min_attack_asr
+    failed = failed_attacks(cells, root, gate)
     for cell in cells:
         state = "done" if cell.folder(root) else "stale" if cell.stale(root) else "missing"
+        if state != "done" and (why := skip_reason(cell, failed, gate)):
+            skipped[(cell.attack, cell.seed)] = why
+            continue
         rows.setdefault((cell.attack, cell.seed), []).append(
             state if state == "done" else f"{cell.column} ({state})"
         )
@@ -133,15 +168,26 @@ def matrix_status(matrix: MatrixRecipe, source: str, only: str | None = None) ->
     for (attack, seed), states in rows.items():
         todo = [s for s in states if s != "done"]
         partly = todo and len(todo) < len(states) or any("stale" in s for s in todo)
+        why = skipped.get((attack, seed))
+        not_run = f" (the rest not run: {why})" if why else ""
         lines.append(
             f"  {attack} s{seed}: {len(states) - len(todo)}/{len(states)}"
             + (f"; {', '.join(todo)}" if partly else "")
+            + not_run
         )
     left = len(todo_columns)
-    lines.append(f"{len(cells) - left} of {len(cells)} cells done, {left} to run")
+    finished = sum(s == "done" for states in rows.values() for s in states)
+    n_skipped = len(cells) - left - finished
+    lines.append(
+        f"{finished} of {len(cells)} cells done, {left} to run"
+        + (f", {n_skipped} not run (their attack did not implant)" if n_skipped else "")
+    )
     if left:
         untrained = sum(all(s != "done" for s in states) for states in rows.values())
-        lines.append(f"to run: {remaining_time(root, todo_columns, untrained)}")
+        lines.append(
+            f"to run: {remaining_time(root, todo_columns, untrained)}"
+            + (", less for each attack that does not implant" if gate is not None else "")
+        )
     return "\n".join(lines)
 
 

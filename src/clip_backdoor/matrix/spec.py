@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from clip_backdoor.config_base import RunSpec, Strict, validate
 from clip_backdoor.errors import ConfigError
@@ -34,6 +34,19 @@ class MatrixAxes(Strict):
     detectors: list[dict[str, Any]] = Field(default_factory=list)
     scanners: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] = Field([0], min_length=1)
+    min_attack_asr: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="an attack and seed whose 'none' cell measures an ASR (0-1) below this runs "
+        "none of its other cells: there is no backdoor for them to measure (None: run all)",
+    )
+
+    @model_validator(mode="after")
+    def _gate_needs_none(self) -> MatrixAxes:
+        if self.min_attack_asr is not None and NONE not in self.defenses:
+            raise ValueError("min_attack_asr reads the 'none' cell: add 'none' to the defenses")
+        return self
 
 
 class LauncherSpec(Strict):

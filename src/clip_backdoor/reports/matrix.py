@@ -99,9 +99,14 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
         attacks, columns, asr = grid(defended, "asr", "defense")
         _, _, ca = grid(defended, "ca", "defense")
         _, _, spread = grid(defended, "asr", "defense", half_range)
+        _, _, seeds = grid(defended, "seed", "defense", _seed_list)
         body = [
             [with_seeds(defended, a)]
-            + [_pair(asr[(a, c)], ca[(a, c)], spread[(a, c)]) for c in columns]
+            + [
+                _pair(asr[(a, c)], ca[(a, c)], spread[(a, c)])
+                + _fewer(seeds[(a, c)], with_seeds(defended, a))
+                for c in columns
+            ]
             for a in attacks
         ]
         text += (
@@ -109,12 +114,19 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
             "seeds where there are two; `none`: the attacked model):\n\n"
         )
         text += markdown_table(["attack"] + columns, body) + "\n\n"
+        text += _only_none(defended)
     detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
     if detected:
         attacks, columns, auroc = grid(detected, "auroc", "detector")
         _, _, spread = grid(detected, "auroc", "detector", half_range)
+        _, _, seeds = grid(detected, "seed", "detector", _seed_list)
         body = [
-            [with_seeds(detected, a)] + [_three(auroc[(a, c)], spread[(a, c)]) for c in columns]
+            [with_seeds(detected, a)]
+            + [
+                _three(auroc[(a, c)], spread[(a, c)])
+                + _fewer(seeds[(a, c)], with_seeds(detected, a))
+                for c in columns
+            ]
             for a in attacks
         ]
         text += "Input detectors, AUROC (mean over seeds, +- half the range):\n\n"
@@ -126,6 +138,31 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
     text += provenance("matrix", ledger_name, sources)
     (out / "matrix.md").write_text(text)
     return text
+
+
+def _seed_list(seeds: list) -> str:
+    return "s" + ", s".join(sorted(str(s) for s in seeds)) if seeds else ""
+
+
+def _fewer(seeds: str, row_label: str) -> str:
+    """`` (s0)`` after a cell over fewer seeds than its row's label names, else ""."""
+    return f" ({seeds})" if seeds and not row_label.endswith(f"({seeds})") else ""
+
+
+def _only_none(rows: list[dict]) -> str:
+    """Name the attacks and seeds run with their ``none`` cell alone: a matrix with
+    ``min_attack_asr`` runs no other cell of an attack that did not implant."""
+    alone = []
+    for attack, seed in sorted({(r["attack"], str(r["seed"])) for r in rows}):
+        own = [r for r in rows if (r["attack"], str(r["seed"])) == (attack, seed)]
+        if all(r["defense"] == "none" for r in own) and len(own) == 1:
+            alone.append(f"{attack} s{seed} (ASR {own[0]['asr']:.1f})")
+    if not alone or len(alone) == len({(r["attack"], str(r["seed"])) for r in rows}):
+        return ""
+    return (
+        "Run with the attacked model alone, so not defended or detected (a matrix's "
+        f"`min_attack_asr` skips an attack that did not implant): {', '.join(alone)}.\n\n"
+    )
 
 
 def _pair(asr: float, ca: float, spread: float = math.nan) -> str:
