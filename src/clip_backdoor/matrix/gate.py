@@ -45,8 +45,4 @@ def skip_reason(cell: Cell, failed: dict, min_asr: float | None) -> str | None:
     asr = failed.get((cell.attack, cell.seed))
     if cell.kind == NONE or asr is None or min_asr is None:
         return None
-    return reason(asr, min_asr)
-
-
-def reason(asr: float, min_asr: float) -> str:
     return f"attack ASR {100 * asr:.1f}% < {100 * min_asr:g}% under none"

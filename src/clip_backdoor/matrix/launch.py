@@ -102,12 +102,13 @@ def run_matrix(
         if gate is not None:  # the none cells first: they decide which of the rest run
             waves = [[c for c in missing if c.kind == NONE], [c for c in missing if c.kind != NONE]]
         for wave in waves:
-            failed = failed_attacks(cells, root, gate)
+            failed, runnable = failed_attacks(cells, root, gate), []
             for cell in wave:
                 if why := skip_reason(cell, failed, gate):
                     log(f"{cell.name}: not run, {why}")
-            wave = [c for c in wave if not skip_reason(c, failed, gate)]
-            done.update(_run_jobs(executor, wave))
+                else:
+                    runnable.append(cell)
+            done.update(_run_jobs(executor, runnable))
     ran = sum(f is not None for f in done.values())
     log(
         f"matrix {matrix.name}: complete in {time.perf_counter() - start:.1f} s"

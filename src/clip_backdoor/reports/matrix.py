@@ -114,7 +114,7 @@ def write_matrix(rows: list[dict], sources: list[str], out: Path, ledger_name: s
             "seeds where there are two; `none`: the attacked model):\n\n"
         )
         text += markdown_table(["attack"] + columns, body) + "\n\n"
-        text += _only_none(defended)
+        text += _only_none(rows)  # detector cells count: an attack-seed they ran is not alone
     detected = [r for r in rows if r["detector"] != "-" and not math.isnan(r["auroc"])]
     if detected:
         attacks, columns, auroc = grid(detected, "auroc", "detector")
@@ -152,12 +152,15 @@ def _fewer(seeds: str, row_label: str) -> str:
 def _only_none(rows: list[dict]) -> str:
     """Name the attacks and seeds run with their ``none`` cell alone: a matrix with
     ``min_attack_asr`` runs no other cell of an attack that did not implant."""
-    alone = []
-    for attack, seed in sorted({(r["attack"], str(r["seed"])) for r in rows}):
-        own = [r for r in rows if (r["attack"], str(r["seed"])) == (attack, seed)]
-        if all(r["defense"] == "none" for r in own) and len(own) == 1:
-            alone.append(f"{attack} s{seed} (ASR {own[0]['asr']:.1f})")
-    if not alone or len(alone) == len({(r["attack"], str(r["seed"])) for r in rows}):
+    by_seed: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by_seed.setdefault((r["attack"], str(r["seed"])), []).append(r)
+    alone = [
+        f"{attack} s{seed} (ASR {own[0]['asr']:.1f})"
+        for (attack, seed), own in sorted(by_seed.items())
+        if len(own) == 1 and own[0]["defense"] == "none" and own[0]["detector"] == "-"
+    ]
+    if not alone or len(alone) == len(by_seed):
         return ""
     return (
         "Run with the attacked model alone, so not defended or detected (a matrix's "
