@@ -163,6 +163,10 @@ def test_shape_mismatch_is_named(tmp_path):
 
 
 def test_pretrained_tag_goes_up_to_the_download(monkeypatch):
+    """With the hub answering (faked), a tag not in the cache is downloaded by open_clip."""
+    from clip_backdoor.models import loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
     asked = {}
 
     def fake_download(cfg, *args, **kwargs):

@@ -40,11 +40,6 @@ POISON_FILE = "poison.json"
 FORMAT_VERSION = 1  # part of cache keys: bump when what an artifact holds changes
 
 
-def cache_root() -> Path:
-    base = os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor"
-    return Path(base)
-
-
 def cache_key(*parts: object) -> str:
     text = json.dumps([FORMAT_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]

@@ -7,6 +7,7 @@ names; with the helpers here, below both, importing a method never imports the r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +19,12 @@ from clip_backdoor.errors import ConfigError
 ALL = "all"  # a stage's method meaning every method of its registry that applies
 
 
+def cache_root() -> Path:
+    """Where attacks, features and built tokenizers are cached (``$CLIP_BACKDOOR_CACHE``)."""
+    base = os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor"
+    return Path(base)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -26,9 +33,18 @@ M = TypeVar("M", bound=Strict)
 
 
 class ModelSpec(Strict):
-    name: str = Field("mini", description="mini config, open_clip architecture, folder or file")
+    name: str = Field(
+        "mini",
+        description="mini or tiny-* config, open_clip architecture, hf-hub:ORG/NAME, an "
+        "open_clip or transformers folder, or a weights file",
+    )
     pretrained: str | None = Field(None, description="pretrained tag or weights file")
     arch: str | None = Field(None, description="architecture of a bare weights file")
+    tokenizer: str | None = Field(
+        None,
+        description="a local copy (save_pretrained folder) or hub name of the model's Hugging "
+        "Face tokenizer, for SigLIP-family or transformers models offline",
+    )
     visual_prompts: str | None = Field(
         None, description="a visual-prompt folder (vpt/rvpt) to run the image tower with"
     )

@@ -15,3 +15,9 @@ class ModelLoadError(UserError):
 
 class ConfigError(UserError):
     """A recipe or command-line configuration is invalid."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line (a library's message can run to pages), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def _load_base_model(recipe: Recipe):
         backdoor = load_backdoor(spec.name, device=recipe.device)
         return backdoor.model, backdoor.tokenizer, backdoor.trigger, backdoor.target, None
     model, _, tokenizer = load_clip(
-        spec.name, spec.pretrained, arch=spec.arch, device=recipe.device
+        spec.name, spec.pretrained, arch=spec.arch, device=recipe.device, tokenizer=spec.tokenizer
     )
     return model, tokenizer, None, None, None
 
@@ -249,7 +250,10 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> RunResult:
                 ctx.learner = undefended[1]
             run.log(f"stage {spec.kind} {spec.method} {spec.params}")
             ctx.stage_label = label
+            started = time.perf_counter()
             ctx.metrics[f"{spec.kind}.{label}"] = stage.run(ctx)
+            seconds = round(time.perf_counter() - started, 3)
+            ctx.metrics.setdefault("stage_seconds", {})[f"{spec.kind}.{label}"] = seconds
             check_device(ctx.model, recipe.device, f"after stage {label}")
             if clean_model is not None and ctx.trigger is not None:
                 # the trigger exists only now: the clean model's ASR is the baseline to beat

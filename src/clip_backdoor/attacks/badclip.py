@@ -27,14 +27,13 @@ from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import (
     BACKDOOR_FILE,
     cache_key,
-    cache_root,
     is_artifact,
     link_into,
     load_trigger,
     save_trigger,
     write_folder,
 )
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.config_base import Strict, cache_root, validate
 from clip_backdoor.errors import DatasetError
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models.pixel_clip import PixelCLIP

@@ -6,7 +6,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from clip_backdoor.artifacts import cache_root, is_artifact, save_backdoor
+from clip_backdoor.artifacts import is_artifact, save_backdoor
+from clip_backdoor.config_base import cache_root
 
 
 def attack_folder(key: str) -> tuple[Path, Path]:

@@ -36,6 +36,7 @@ class DataScanRequest:
     seed: int = 0
     device: str = "cpu"
     runs_root: str = "runs"
+    tokenizer: str | None = None  # a local copy of a Hugging Face tokenizer
 
 
 def load_mix(data: str, model, tokenizer, seed: int, progress: bool = False) -> TrainingMix:
@@ -62,7 +63,9 @@ def run_data_scan(request: DataScanRequest, progress: bool = False):
     if unknown:
         raise UserError(f"--param for detectors not run: {', '.join(unknown)}")
     seed_everything(request.seed)
-    subject = load_subject(request.model, request.pretrained, request.arch, request.device)
+    subject = load_subject(
+        request.model, request.pretrained, request.arch, request.device, request.tokenizer
+    )
     mix = load_mix(request.data, subject.model, subject.tokenizer, request.seed, progress)
     run = RunDir.create(request.runs_root, "scan_data")
     with run.recording():

@@ -13,7 +13,6 @@ import hashlib
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import gather_features
 from pydantic import Field
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -23,7 +22,13 @@ from clip_backdoor.data.eda import eda
 from clip_backdoor.defenses.ft import FineTune
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 from clip_backdoor.engine.distributed import Dist
-from clip_backdoor.engine.loss import contrastive_targets, distributed_clip_loss
+from clip_backdoor.engine.loss import (
+    contrastive_targets,
+    gather_batch,
+    pair_loss,
+    resolve_objective,
+    sigmoid_loss,
+)
 from clip_backdoor.engine.pairs import ImageTextPairs, seeded_cpu_rng, single_thread
 from clip_backdoor.models import PixelCLIP
 from clip_backdoor.registry import DEFENSES
@@ -76,21 +81,19 @@ class SelfSupervisedPairs(Dataset):
 
 
 def in_modal_loss(
+    objective: str,
     features: torch.Tensor,
     views: torch.Tensor,
-    scale: torch.Tensor,
+    model: PixelCLIP,
     groups: torch.Tensor | None,
     dist: Dist,
 ) -> torch.Tensor:
-    """CE of each item against every view in the (global) batch, its own view the positive."""
-    if dist.world_size > 1:
-        features, views = gather_features(
-            features, views, gather_with_grad=True, rank=dist.rank, world_size=dist.world_size
-        )
-        if groups is not None:
-            gathered = [torch.empty_like(groups) for _ in range(dist.world_size)]
-            torch.distributed.all_gather(gathered, groups)
-            groups = torch.cat(gathered)
+    """Each item against every view in the (global) batch, its own view the positive: CE for
+    InfoNCE models (as CleanCLIP), the sigmoid loss with the model's bias for SigLIP ones."""
+    features, views, groups = gather_batch(features, views, groups, dist.rank, dist.world_size)
+    scale = model.logit_scale.float()
+    if objective == "sigmoid":
+        return sigmoid_loss(features, views, scale, model.logit_bias.float(), groups)
     logits = scale.exp() * features @ views.T
     if groups is None:
         return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
@@ -98,25 +101,33 @@ def in_modal_loss(
 
 
 def cleanclip_objective(spec: CleanCLIPSpec):
-    """The engine objective: CLIP's loss on the pairs plus the two in-modal losses."""
+    """The engine objective: the model's loss on the pairs plus the two in-modal losses."""
 
-    def objective(net, model: PixelCLIP, batch, label_aware: bool, dist: Dist) -> torch.Tensor:
+    def objective(net, model: PixelCLIP, batch, training, dist: Dist) -> torch.Tensor:
         images, tokens, groups, image_views, text_views = batch
         n = len(images)
         image_features, text_features, _ = net(
             torch.cat([images, image_views]), torch.cat([tokens, text_views])
         )
         image_features, text_features = image_features.float(), text_features.float()
-        scale = model.clip.logit_scale.float()
-        text_groups = groups if label_aware else None  # templated captions repeat in a batch
-        loss_clip = distributed_clip_loss(
-            image_features[:n], text_features[:n], scale, text_groups, dist.rank, dist.world_size
+        kind = resolve_objective(model, training.loss)
+        bias = model.logit_bias
+        text_groups = groups if training.label_aware else None  # templated captions repeat
+        loss_pairs = pair_loss(
+            kind,
+            image_features[:n],
+            text_features[:n],
+            model.logit_scale.float(),
+            None if bias is None else bias.float(),
+            text_groups,
+            dist.rank,
+            dist.world_size,
         )
         loss_ss = (
-            in_modal_loss(image_features[:n], image_features[n:], scale, None, dist)
-            + in_modal_loss(text_features[:n], text_features[n:], scale, text_groups, dist)
+            in_modal_loss(kind, image_features[:n], image_features[n:], model, None, dist)
+            + in_modal_loss(kind, text_features[:n], text_features[n:], model, text_groups, dist)
         ) / 2
-        return spec.lambda_clip * loss_clip + spec.lambda_ss * loss_ss
+        return spec.lambda_clip * loss_pairs + spec.lambda_ss * loss_ss
 
     return objective
 

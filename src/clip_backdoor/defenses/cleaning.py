@@ -20,12 +20,11 @@ from torch.utils.data import Dataset
 from clip_backdoor.artifacts import (
     BACKDOOR_FILE,
     cache_key,
-    cache_root,
     is_artifact,
     link_into,
     write_folder,
 )
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.config_base import Strict, cache_root, validate
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import attack_mix

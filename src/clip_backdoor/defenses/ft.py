@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 
-from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
+from clip_backdoor.artifacts import cache_key, link_into, write_folder
 from clip_backdoor.attacks.specs import FineTuneSpec
-from clip_backdoor.config_base import validate
+from clip_backdoor.config_base import cache_root, validate
 from clip_backdoor.engine.checkpoint import CHECKPOINT
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train

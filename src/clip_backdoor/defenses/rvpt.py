@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from clip_backdoor import precision as precision_mod
-from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.artifacts import cache_key, link_into, write_folder
+from clip_backdoor.config_base import Strict, cache_root, validate
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import resolve_templates
 from clip_backdoor.evaluation.features import model_fingerprint

@@ -57,6 +57,11 @@ class TrainingSpec(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     freeze: list[Literal["image", "text"]] = Field(default_factory=list)
     label_aware: bool = True
+    loss: Literal["auto", "infonce", "sigmoid"] = Field(
+        "auto",
+        description="the objective: auto = the model's own (SigLIP families: the sigmoid loss "
+        "with the model's logit bias; CLIP families: InfoNCE)",
+    )
     augment: bool = True
     checkpoint_every: int = Field(200, gt=0)
     log_every: int = Field(20, gt=0)

@@ -23,13 +23,13 @@ from clip_backdoor import precision as precision_mod
 from clip_backdoor.engine.checkpoint import load_checkpoint, save_checkpoint
 from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.distributed import Dist
-from clip_backdoor.engine.loss import MAX_LOGIT_SCALE, distributed_clip_loss
+from clip_backdoor.engine.loss import MAX_LOGIT_SCALE, pair_loss, resolve_objective
 from clip_backdoor.engine.pairs import ImageTextPairs
 from clip_backdoor.engine.sampler import ShardedBatches
 from clip_backdoor.models import PixelCLIP
 
 Objective = Callable[
-    [torch.nn.Module, PixelCLIP, tuple[torch.Tensor, ...], bool, Dist], torch.Tensor
+    [torch.nn.Module, PixelCLIP, tuple[torch.Tensor, ...], TrainingSpec, Dist], torch.Tensor
 ]
 
 
@@ -37,17 +37,21 @@ def clip_objective(
     net: torch.nn.Module,
     model: PixelCLIP,
     batch: tuple[torch.Tensor, ...],
-    label_aware: bool,
+    spec: TrainingSpec,
     dist: Dist,
 ) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE over the global batch (label-aware targets if asked)."""
+    """The model's own objective (``spec.loss``) over the global batch of pairs: InfoNCE or
+    SigLIP's sigmoid loss, label-aware targets if asked."""
     images, tokens, groups = batch[:3]
     image_features, text_features, _ = net(images, tokens)
-    return distributed_clip_loss(
+    bias = model.logit_bias
+    return pair_loss(
+        resolve_objective(model, spec.loss),
         image_features.float(),
         text_features.float(),
-        model.clip.logit_scale.float(),
-        groups if label_aware else None,
+        model.logit_scale.float(),
+        None if bias is None else bias.float(),
+        groups if spec.label_aware else None,
         dist.rank,
         dist.world_size,
     )
@@ -61,12 +65,9 @@ class TrainResult:
 
 
 def freeze_towers(model: PixelCLIP, towers: list[str]) -> None:
-    """'image' freezes ``visual.*``; 'text' freezes the text tower (all but visual and scale)."""
+    """'image' freezes the image tower, 'text' the text tower (the temperature and bias stay)."""
     for name, param in model.clip.named_parameters():
-        is_image = name.startswith("visual.")
-        if ("image" in towers and is_image) or (
-            "text" in towers and not is_image and name != "logit_scale"
-        ):
+        if model.tower_of(name) in towers:
             param.requires_grad_(False)
 
 
@@ -76,7 +77,7 @@ def parameter_groups(model: PixelCLIP, weight_decay: float) -> list[dict]:
     for name, param in model.clip.named_parameters():
         if not param.requires_grad:
             continue
-        exclude = param.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name
+        exclude = param.ndim < 2 or "ln" in name or "bias" in name or "logit_" in name
         (no_decay if exclude else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -136,7 +137,9 @@ def train(
     """
     dist = dist or Dist()
     objective = objective or clip_objective
+    clamp = resolve_objective(model, spec.loss) == "infonce"  # SigLIP's temperature is free
     device = next(model.parameters()).device
+    model.requires_grad_(True)  # what is trained is decided here, whatever froze it before
     freeze_towers(model, spec.freeze)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -191,7 +194,7 @@ def train(
             context = net.no_sync() if not sync else contextlib.nullcontext()
             with context, precision_mod.autocast(precision, device):
                 parts = tuple(part.to(device) for part in parts)
-                loss = objective(net, model, parts, spec.label_aware, dist)
+                loss = objective(net, model, parts, spec, dist)
             (loss / len(micro)).backward()
             loss_value += loss.item() / len(micro)
         if spec.grad_clip:
@@ -199,8 +202,9 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if clamp:
+            with torch.no_grad():
+                model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         step += 1
         seen += spec.batch_size
         lr = optimizer.param_groups[0]["lr"]

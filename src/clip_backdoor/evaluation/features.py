@@ -19,14 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clip_backdoor import precision as precision_mod
+from clip_backdoor.config_base import cache_root
 from clip_backdoor.data.tensors import TensorSet
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.triggers.base import Trigger
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor"
-    return Path(base) / "features"
+    return cache_root() / "features"
 
 
 def model_fingerprint(model: PixelCLIP) -> str:

@@ -1,13 +1,20 @@
 """``load_clip`` / ``save_clip``: every way a CLIP reaches the toolkit, one return type.
 
 Sources, tried in this order:
-1. a directory in open_clip's layout (``open_clip_config.json`` + weights);
+1. a directory in open_clip's layout (``open_clip_config.json`` + weights), or one written by
+   Hugging Face ``transformers`` (``config.json`` of a CLIPModel or SiglipModel, or of one half);
+   ``hf-hub:ORG/NAME``: such a directory on the Hugging Face hub (the cache first; the network
+   only if it answers);
 2. a weights file (``.safetensors``, ``.pt``/``.bin``/``.pth`` state dict, OpenAI TorchScript
    archive), with the architecture given by ``arch`` or inferred from the tensor shapes;
 3. "mini-clip": the project's pretrained mini-CLIP (``models/mini-clip`` in the checkout, then
    ``../shared/models/mini-clip``, then the user cache); or a mini config name ("mini",
    "mini-tiny"), randomly initialised unless ``pretrained`` is a file;
-4. an open_clip architecture name, with ``pretrained`` a tag (downloads) or a file.
+4. an open_clip architecture name, with ``pretrained`` a tag (the cache first, else a download)
+   or a file; untrained, it keeps its family's preprocessing (that of its first pretrained tag).
+
+Each model carries its family's own tokenizer (``model.tokenizer``); ``tokenizer`` overrides a
+Hugging Face one by a local folder or hub name (``models/tokenizers.py``).
 """
 
 from __future__ import annotations
@@ -27,11 +34,23 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
 from clip_backdoor.data.fewshot_pool import FewShotPool
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.errors import ModelLoadError, first_line
 from clip_backdoor.models.architecture import infer_model_cfg
+from clip_backdoor.models.families import (
+    is_tiny,
+    tiny_open_clip_config,
+    tiny_transformers_model,
+)
 from clip_backdoor.models.mini_configs import is_mini, mini_config
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.models.safe_checkpoint import read_state_dict
+from clip_backdoor.models.tokenizers import hub_reachable, open_clip_hf_tokenizer
+from clip_backdoor.models.transformers_clip import (
+    describe,
+    is_transformers_folder,
+    load_transformers_model,
+    save_transformers,
+)
 
 PRETRAINED_MINI = (
     "mini-clip"  # the project's pretrained mini-CLIP (recipes/mini_clip_pretrain.yaml)
@@ -43,6 +62,8 @@ _CHECKOUT = Path(__file__).resolve().parents[3]
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+HUB_PREFIX = "hf-hub:"
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class LoadedCLIP(NamedTuple):
@@ -59,28 +80,40 @@ def load_clip(
     quick_gelu: bool | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
+    tokenizer: str | None = None,
 ) -> LoadedCLIP:
     """Load a CLIP as a pixel-space model plus its preprocess and tokenizer (see module doc)."""
     source = str(source)
     if source in PRETRAINED_MINIS and not Path(source).is_dir():
         source = str(find_pretrained_mini(source))
     path = Path(source).expanduser()
-    if path.is_dir():
-        model = _from_directory(path)
+    folder = None
+    if source.startswith(HUB_PREFIX):
+        folder = hub_folder(source[len(HUB_PREFIX) :], cache_dir)
+        model = _from_folder(folder)
+        model.name = source
+    elif path.is_dir():
+        folder = path
+        model = _from_folder(path)
     elif path.suffix in WEIGHT_SUFFIXES or path.is_file():
         model = _from_file(path, arch, quick_gelu)
     elif is_mini(source):
         cfg = mini_config(source)
         model = _with_weights(_build(cfg, source), pretrained)
+    elif is_tiny(source):
+        model = _with_weights(_tiny(source), pretrained)
     elif source.replace("/", "-") in open_clip.list_models():
         model = _from_open_clip(source.replace("/", "-"), pretrained, quick_gelu, cache_dir)
     else:
         raise ModelLoadError(
-            f"unknown model '{source}': not a directory, a weights file, a mini config "
-            "(mini, mini-tiny) or an open_clip architecture (see open_clip.list_models())"
+            f"unknown model '{source}': not a directory, a weights file, an hf-hub: name, a mini "
+            "config (mini, mini-tiny) or an open_clip architecture (see open_clip.list_models())"
         )
+    has_text = getattr(model.clip, "text", True) is not None  # a transformers vision half has none
+    if has_text and (model.tokenizer is None or tokenizer):
+        model.tokenizer = tokenizer_for(model.model_cfg, folder, tokenizer, model.name)
     model = model.to(device).eval()
-    return LoadedCLIP(model, model.pixel_transform(), tokenizer_for(model.model_cfg))
+    return LoadedCLIP(model, model.pixel_transform(), model.tokenizer)
 
 
 def pretrained_mini_locations(name: str = PRETRAINED_MINI) -> list[Path]:
@@ -108,13 +141,61 @@ def find_pretrained_mini(name: str = PRETRAINED_MINI) -> Path:
     )
 
 
-def tokenizer_for(model_cfg: dict):
+def tokenizer_for(
+    model_cfg: dict,
+    folder: Path | None = None,
+    override: str | None = None,
+    what: str = "the model",
+):
+    """The family's tokenizer: open_clip's BPE, or the Hugging Face one its config names (found
+    in ``override``, the model's folder, the cache or, if it answers, the hub)."""
     text_cfg = model_cfg.get("text_cfg", {})
-    if text_cfg.get("hf_tokenizer_name"):
-        return open_clip.tokenizer.HFTokenizer(
-            text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77)
+    if str(model_cfg.get("family", "")).startswith("transformers"):
+        from clip_backdoor.models.tokenizers import (
+            HOW_TO_GIVE,
+            TransformersTokenizer,
+            auto_tokenizer,
+            has_tokenizer_files,
         )
+
+        if not override and not (folder is not None and has_tokenizer_files(folder)):
+            raise ModelLoadError(f"{what} has no tokenizer files; {HOW_TO_GIVE}")
+        source = override or folder
+        return TransformersTokenizer(auto_tokenizer(source, what), text_cfg["context_length"])
+    if text_cfg.get("hf_tokenizer_name") or (override and text_cfg):
+        text_cfg = {"hf_tokenizer_name": override, **text_cfg} if override else text_cfg
+        return open_clip_hf_tokenizer(text_cfg, folder, override, what)
     return SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+
+def hub_folder(repo_id: str, cache_dir: str | None = None) -> Path:
+    """The local snapshot of a hub repository: from the cache, else downloaded if the hub
+    answers, else one line saying what to do."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError
+
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.gz"]
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=patterns
+            )
+        )
+    except HFValidationError as e:
+        raise ModelLoadError(f"'hf-hub:{repo_id}' is not a hub name ({e})") from None
+    except Exception:  # not cached (huggingface_hub raises several kinds)
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"hf-hub:{repo_id} is not in the Hugging Face cache and the hub cannot be reached "
+            "(it needs the network once): download it where there is network "
+            f"(`huggingface-cli download {repo_id}`) and give its folder as the model, or set "
+            "HF_HOME to a cache that holds it"
+        )
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns))
+    except Exception as e:
+        raise ModelLoadError(f"could not download hf-hub:{repo_id}: {first_line(e)}") from None
 
 
 def _build(model_cfg: dict, name: str, preprocess_cfg: dict | None = None) -> PixelCLIP:
@@ -164,10 +245,40 @@ def load_weights(
     model.clip.load_state_dict(state_dict, strict=True)
 
 
+def _from_folder(path: Path) -> PixelCLIP:
+    if (path / CONFIG_FILE).is_file():
+        return _from_directory(path)
+    if is_transformers_folder(path):
+        return _from_transformers(path)
+    raise ModelLoadError(
+        f"{path} is neither an open_clip model folder ({CONFIG_FILE}) nor a Hugging Face "
+        "transformers one (config.json with a model_type)"
+    )
+
+
+def _from_transformers(path: Path) -> PixelCLIP:
+    clip, model_cfg, preprocess_cfg = load_transformers_model(path)
+    model = PixelCLIP(clip, model_cfg, preprocess_cfg, name=path.name)
+    model.fewshot_pool = FewShotPool.load(path)
+    return model
+
+
+def _tiny(name: str) -> PixelCLIP:
+    if name.startswith("tiny-hf"):
+        from clip_backdoor.models.tokenizers import TransformersTokenizer, auto_tokenizer
+
+        hf_model, tokenizer_folder = tiny_transformers_model(name)
+        clip, model_cfg, preprocess_cfg = describe(hf_model)
+        model = PixelCLIP(clip, model_cfg, preprocess_cfg, name=name)
+        context = model_cfg["text_cfg"]["context_length"]
+        model.tokenizer = TransformersTokenizer(auto_tokenizer(tokenizer_folder, name), context)
+        return model
+    model_cfg, preprocess_cfg = tiny_open_clip_config(name)
+    return _build(model_cfg, name, preprocess_cfg)
+
+
 def _from_directory(path: Path) -> PixelCLIP:
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelLoadError(f"{path} is not an open_clip model folder: {CONFIG_FILE} missing")
     try:
         config = json.loads(config_path.read_text())
         model_cfg = config["model_cfg"]
@@ -219,12 +330,23 @@ def _with_weights(model: PixelCLIP, pretrained) -> PixelCLIP:
     return model
 
 
+def family_preprocess(name: str, tag: str | None = None) -> dict | None:
+    """mean/std, interpolation and resize mode of an open_clip architecture: its tag's, or (an
+    untrained one) those of its first pretrained tag, so a SigLIP stays a SigLIP."""
+    tags = list_pretrained_tags_by_model(name)
+    tag = tag if tag in tags else (tags[0] if tags else None)
+    cfg = get_pretrained_cfg(name, tag) if tag else {}
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    found = {k: list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k] for k in keys if k in cfg}
+    return found or None
+
+
 def _from_open_clip(name: str, pretrained, quick_gelu: bool | None, cache_dir) -> PixelCLIP:
     cfg = _open_clip_config(name)
     if quick_gelu is not None:
         cfg["quick_gelu"] = quick_gelu
     if pretrained is None or Path(str(pretrained)).is_file():
-        return _with_weights(_build(cfg, name), pretrained)
+        return _with_weights(_build(cfg, name, family_preprocess(name)), pretrained)
     tag = str(pretrained)
     tag_cfg = get_pretrained_cfg(name, tag)
     if not tag_cfg:
@@ -232,22 +354,56 @@ def _from_open_clip(name: str, pretrained, quick_gelu: bool | None, cache_dir) -
         raise ModelLoadError(f"'{tag}' is neither a file nor a pretrained tag of {name} ({tags})")
     if tag_cfg.get("quick_gelu") and quick_gelu is None:
         cfg["quick_gelu"] = True  # OpenAI weights were trained with QuickGELU
+    preprocess = family_preprocess(name, tag)
+    cached = _cached_tag_weights(tag_cfg, cache_dir)
+    if cached is not None:
+        model = _build(cfg, f"{name}/{tag}", preprocess)
+        state_dict, fmt = read_state_dict(cached)
+        load_weights(model, state_dict, str(cached), fmt)
+        return model
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"the weights of {name}/{tag} are not in the Hugging Face cache and the hub cannot "
+            "be reached (they need the network once): pass a local weights file as the "
+            "pretrained value, or set HF_HOME to a cache that holds them"
+        )
     try:
         clip = open_clip.create_model(
             name, pretrained=tag, cache_dir=cache_dir, force_quick_gelu=cfg.get("quick_gelu", False)
         )
     except RuntimeError as e:
         raise ModelLoadError(
-            f"could not download the weights of {name}/{tag} (offline? set a cache_dir holding "
-            f"them or pass a local file): {str(e).splitlines()[0]}"
+            f"could not download the weights of {name}/{tag}: {first_line(e)}"
         ) from None
-    return PixelCLIP(clip, cfg, clip.visual.preprocess_cfg, name=f"{name}/{tag}")
+    return PixelCLIP(clip, cfg, preprocess or clip.visual.preprocess_cfg, name=f"{name}/{tag}")
+
+
+def _cached_tag_weights(tag_cfg: dict, cache_dir: str | None) -> Path | None:
+    """The weights file of a pretrained tag if the Hugging Face cache holds it."""
+    repo = (tag_cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return None
+    from huggingface_hub import hf_hub_download
+
+    names = [tag_cfg["file"]] if tag_cfg.get("file") else list(HUB_WEIGHTS)
+    for filename in names:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=True))
+        except Exception:  # not cached
+            continue
+    return None
 
 
 def save_clip(
     model: PixelCLIP, path: str | os.PathLike, dtype: torch.dtype | None = None, overwrite=False
 ) -> Path:
-    """Write open_clip's folder layout; readable by ``load_clip`` and ``local-dir:`` alike.
+    """Write the model in its own format, readable by ``load_clip``:
+
+    - open_clip families: open_clip's folder layout (``local-dir:`` loads it too), with a Hugging
+      Face tokenizer's files beside the weights (open_clip's convention: the folder is all a
+      SigLIP needs offline);
+    - transformers checkpoints: ``save_pretrained`` of the model, its image processor settings
+      and its tokenizer (what transformers' ``from_pretrained`` reads).
 
     Written into a temporary folder first and moved into place, so a crash leaves nothing
     half-written. ``dtype`` (e.g. ``torch.float16``) casts floating tensors for shipping.
@@ -255,16 +411,15 @@ def save_clip(
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise ModelLoadError(f"{path} exists and is not empty (pass overwrite=True)")
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-        for k, v in model.clip.state_dict().items()
-    }
-    config = {"model_cfg": model.model_cfg, "preprocess_cfg": model.preprocess_cfg}
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if hasattr(model.clip, "hf"):
+            _write_transformers(model, staging, dtype)
+        else:
+            _write_open_clip(model, staging, dtype)
+        if model.tokenizer is not None and hasattr(model.tokenizer, "save_pretrained"):
+            model.tokenizer.save_pretrained(staging)
         if model.fewshot_pool is not None:  # models tuned from it have not seen the pool either
             model.fewshot_pool.save(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; a saved model is for sharing
@@ -277,3 +432,24 @@ def save_clip(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _write_open_clip(model: PixelCLIP, folder: Path, dtype: torch.dtype | None) -> None:
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in model.clip.state_dict().items()
+    }
+    config = {"model_cfg": model.model_cfg, "preprocess_cfg": model.preprocess_cfg}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_transformers(model: PixelCLIP, folder: Path, dtype: torch.dtype | None) -> None:
+    hf = model.clip.hf
+    original = next(hf.parameters()).dtype
+    if dtype is not None:
+        hf.to(dtype)
+    try:
+        save_transformers(model.clip, folder, model.preprocess_cfg)
+    finally:
+        hf.to(original)

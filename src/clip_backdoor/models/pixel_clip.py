@@ -34,6 +34,7 @@ class PixelCLIP(nn.Module):
         self.clip = clip
         self.name = name
         self.fewshot_pool = None  # images its pretraining never saw (``data/fewshot_pool.py``)
+        self.tokenizer = None  # the family's own (set by ``load_clip``; saved beside the weights)
         self.model_cfg = copy.deepcopy(model_cfg)
         cfg = dict(preprocess_cfg or {})
         cfg.setdefault("mean", list(OPENAI_DATASET_MEAN))
@@ -51,6 +52,7 @@ class PixelCLIP(nn.Module):
         nn.Module.__init__(self)
         self.clip, self.name, self.model_cfg = base.clip, base.name, base.model_cfg
         self.fewshot_pool = base.fewshot_pool
+        self.tokenizer = base.tokenizer
         self.preprocess_cfg = base.preprocess_cfg
         self.register_buffer("mean", base.mean, persistent=False)
         self.register_buffer("std", base.std, persistent=False)
@@ -67,6 +69,30 @@ class PixelCLIP(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's learnt bias of the pair logits (None for CLIP families)."""
+        return getattr(self.clip, "logit_bias", None)
+
+    @property
+    def family(self) -> str:
+        from clip_backdoor.models.families import family_of
+
+        return family_of(self.model_cfg)
+
+    @property
+    def objective(self) -> str:
+        """The loss the family was trained with: 'sigmoid' (SigLIP: a logit bias) or 'infonce'."""
+        return self.model_cfg.get("objective") or (
+            "sigmoid" if self.logit_bias is not None else "infonce"
+        )
+
+    def tower_of(self, name: str) -> str:
+        """'image', 'text' or 'head' (temperature, bias) for a parameter name of ``clip``."""
+        if name in ("logit_scale", "logit_bias"):
+            return "head"
+        return "image" if name.startswith("visual.") else "text"
 
     def fingerprint_state(self) -> dict[str, torch.Tensor]:
         """The tensors that decide what this model computes (hashed as its cache key)."""

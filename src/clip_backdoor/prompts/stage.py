@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from clip_backdoor.artifacts import cache_key, cache_root, link_into, write_folder
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.artifacts import cache_key, link_into, write_folder
+from clip_backdoor.config_base import Strict, cache_root, validate
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.prompts import get, is_prompt_folder, load_prompts, save_prompts
 from clip_backdoor.prompts.base import Position

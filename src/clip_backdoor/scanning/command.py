@@ -36,6 +36,7 @@ class ScanRequest:
     device: str = "cpu"
     runs_root: str = "runs"
     fail_on: str | None = None
+    tokenizer: str | None = None  # a local copy of a Hugging Face tokenizer
 
 
 def parse_params(
@@ -65,7 +66,9 @@ def run_scan(request: ScanRequest, progress: bool = False) -> tuple[ScanReport, 
     check_fail_on(request.fail_on)
     scanners = build_scanners(request.scanners, request.params)
     seed_everything(request.seed)
-    subject = load_subject(request.model, request.pretrained, request.arch, request.device)
+    subject = load_subject(
+        request.model, request.pretrained, request.arch, request.device, request.tokenizer
+    )
     reference = None
     if request.reference is not None:
         reference = load_subject(

@@ -10,12 +10,16 @@ The suspected target comes from the scanners that flag, class-wise searches firs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
 
-from clip_backdoor.artifacts import cache_key, cache_root
+import torch
+
+from clip_backdoor.artifacts import cache_key
 from clip_backdoor.config_base import ALL as SCAN_ALL
+from clip_backdoor.config_base import cache_root
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.registry import SCANNERS
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
@@ -169,6 +173,20 @@ def judged_against_reference(
     return finding
 
 
+@contextlib.contextmanager
+def left_as_found(model: torch.nn.Module):
+    """Scanners freeze the model to invert triggers; a recipe's later stages (FT, CleanCLIP)
+    train the same model, so its trainable parameters and mode are restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    training = model.training
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        model.train(training)
+
+
 def scan(
     subject: ScanSubject,
     images: ScanImages,
@@ -190,7 +208,8 @@ def scan(
         check_reference(subject, reference)
     findings = []
     for scanner in applicable:
-        finding = scan_one(scanner, subject, images, seed, reference, progress)
+        with left_as_found(subject.model):
+            finding = scan_one(scanner, subject, images, seed, reference, progress)
         if log is not None:
             log(
                 f"scanner {finding.scanner}: score {finding.score:.4g} vs threshold "

@@ -21,30 +21,48 @@ from clip_backdoor.scanning.base import ScanImages, ScanSubject
 
 
 def load_subject(
-    name: str, pretrained: str | None = None, arch: str | None = None, device: str = "cpu"
+    name: str,
+    pretrained: str | None = None,
+    arch: str | None = None,
+    device: str = "cpu",
+    tokenizer: str | None = None,
 ) -> ScanSubject:
     if is_prompt_folder(name):
         info = prompt_info(name)
-        model, _, tokenizer = load_clip(info["model"], info.get("pretrained"), device=device)
+        model, _, tokenizer = load_clip(
+            info["model"], info.get("pretrained"), device=device, tokenizer=tokenizer
+        )
         learner = load_prompts(name, model, tokenizer)
         return ScanSubject(model.eval(), tokenizer, str(name), learner, info.get("classnames"))
-    model, _, tokenizer = load_clip(name, pretrained, arch=arch, device=device)
+    model, _, tokenizer = load_clip(name, pretrained, arch=arch, device=device, tokenizer=tokenizer)
     return ScanSubject(model.eval(), tokenizer, str(name))
 
 
 def architecture(subject: ScanSubject) -> dict:
-    tower = ImageTower.of(subject.model)
-    return {
-        "image_size": subject.model.image_size,
-        "layers": tower.layers,
-        "width": tower.width,
-        "patch_size": tower.patch_size,
+    """What must match for two models' scores to be comparable: the family, the resolution,
+    the embedding width and, for an open_clip ViT, the tower's shape."""
+    model = subject.model
+    found = {
+        "family": model.family,
+        "image_size": model.image_size,
+        "embed_dim": model.model_cfg.get("embed_dim"),
     }
+    try:
+        tower = ImageTower.of(model)
+    except ConfigError:
+        return found
+    return {**found, "layers": tower.layers, "width": tower.width, "patch_size": tower.patch_size}
 
 
 def check_reference(subject: ScanSubject, reference: ScanSubject) -> None:
     """A reference judges scores only if it computes the same kind of features."""
     mine, theirs = architecture(subject), architecture(reference)
+    if mine["family"] != theirs["family"]:
+        raise ConfigError(
+            f"--reference {reference.name} is another family ({theirs['family']}) than "
+            f"{subject.name} ({mine['family']}): give a clean model of the same family and "
+            "architecture"
+        )
     if mine != theirs:
         show = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs[k])
         raise ConfigError(

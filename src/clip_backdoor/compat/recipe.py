@@ -1,0 +1,128 @@
+"""One recipe that runs every encode-level method that applies to a model, a step or two each.
+
+Why one recipe per model and not one per cell: the model, its data and its attack are built
+once, so a whole family takes seconds on a tiny model (and minutes at full size on a CPU); each
+stage's start and end are logged, so the table and the smoke read per method whether it ran and
+how long it took. Settings are the cheapest that still run every part of a method (a trigger's
+fit, the fine-tuning loop, a detector's scoring, a scanner's search); they measure nothing.
+"""
+
+from __future__ import annotations
+
+from clip_backdoor.compat.methods import METHODS, TRIGGERS, Method, applies
+
+SIZE = 320  # synthetic training images: ISSBA holds 256 out for its own validation
+TRAIN = {"name": "synthetic", "split": "train", "size": SIZE, "templates": "simple"}
+STEP = {
+    "steps": 1,
+    "batch_size": 8,
+    "lr": 1.0e-5,
+    "warmup_steps": 0,
+    "precision": "fp32",
+    "checkpoint_every": 1,
+    "log_every": 1,
+    "num_workers": 0,
+}
+TARGET = "red circle"
+
+
+def _poison(trigger: str) -> dict:
+    share = {"count": 8} if trigger == "label_consistent" else {"ratio": 0.1}  # target images
+    return {
+        "trigger": {"name": trigger, "params": TRIGGERS[trigger]},
+        "target": TARGET,
+        **share,
+        "data": [TRAIN],
+        "caption_templates": "simple",
+        "training": STEP,
+    }
+
+
+PROMPTS = {
+    "train": {"name": "synthetic", "size": SIZE, "shots": 2},
+    "training": {"epochs": 1, "batch_size": 8, "views": 1, "precision": "fp32"},
+}
+SCAN = {
+    "decree": {"steps": 2},
+    "target_search": {
+        "steps": 2,
+        "prescreen_steps": 1,
+        "candidates": 1,
+        "controls": 2,
+        "prescreen_batch": 4,
+    },
+    "perturbation_search": {
+        "steps": 2,
+        "prescreen_steps": 1,
+        "candidates": 1,
+        "controls": 2,
+        "batch_size": 4,
+        "eval_images": 8,
+    },
+}
+STAGE_PARAMS = {
+    "badencoder": {
+        "target": TARGET,
+        "data": [TRAIN],
+        "shadow": 16,
+        "epochs": 1,
+        "batch_size": 8,
+        "precision": "fp32",
+    },
+    "ft": {"data": [TRAIN], "fraction": 0.05, "training": STEP},
+    "cleanclip": {"data": [TRAIN], "shots": 2, "training": STEP},
+    "linear_probe": {"train": {"name": "synthetic", "size": SIZE, "shots": 2}, "epochs": 1},
+    "strip": {"images": 8, "blends": 4, "batch_size": 8},
+    "scale_up": {"images": 8, "batch_size": 8},
+    "teco": {"images": 4, "corruptions": ["gaussian_noise", "brightness"], "workers": 1},
+    "all": {},
+    "decomp_det": {"images": 8, "rule": "distance", "layers": [0, 1], "mlp_layers": [0, 1]},
+    "decomp_rep": {"rule": "dot", "layers": [-1]},
+    "vpt": {**PROMPTS, "length": 2},
+    "rvpt": {**PROMPTS, "length": 2},
+    "coop": PROMPTS,
+    "cocoop": PROMPTS,
+    "badclip": {**PROMPTS, "warmup_epochs": 1},
+}
+
+
+def stage_of(method: Method) -> dict | None:
+    """The recipe stage of a method (None: the evaluation or the report, not a stage)."""
+    if method.kind in ("eval", "report"):
+        return None
+    label = method.name.replace("poison: ", "poison_").replace("-", "_").replace(" ", "_")
+    stage = {"kind": method.kind, "method": method.method, "label": label, "evaluate": False}
+    if method.method == "poison":
+        stage["params"] = _poison(dict(method.params)["trigger"])
+    elif method.kind == "scan":
+        scan_data = {"name": "synthetic", "split": "train", "size": SIZE}
+        params = {"data": scan_data, "images": 32, "scanners": {method.method: SCAN[method.method]}}
+        stage["params"] = params
+    else:
+        stage["params"] = STAGE_PARAMS[method.method]
+    return stage
+
+
+def family_recipe(model, model_name: str, runs_root: str, name: str = "compat") -> dict:
+    """The recipe of every method that applies to ``model`` (loaded from ``model_name``): the
+    attacks first (BadNet last: its trigger and artifact serve the rest), then the
+    training-data scan, the detectors, the scanners, the prompt learners and the trigger-aware
+    attack, and the defenses last (each from the same model; the linear probe's head stays on)."""
+    methods = [m for m in METHODS if applies(model, m)[0]]
+    poisons = [m for m in methods if m.method == "poison"]
+    poisons.sort(key=lambda m: dict(m.params)["trigger"] == "badnet")
+    order = [m for m in methods if m.method == "badencoder"] + poisons
+    order += [m for m in methods if m.kind == "data_scan"]
+    order += [m for m in methods if m.kind in ("detection", "scan")]
+    order += [m for m in methods if m.kind == "prompt" or m.method == "badclip"]
+    order += [m for m in methods if m.kind == "defense"]
+    stages = [stage_of(m) for m in order]
+    return {
+        "name": name,
+        "seed": 0,
+        "runs_root": runs_root,
+        "model": {"name": model_name},
+        "data": [{"name": "synthetic", "split": "test", "size": 40}],
+        "evaluation": {"templates": "simple", "batch_size": 16, "precision": "fp32"},
+        "stages": stages,
+    }
