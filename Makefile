@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check lint format clean
+.PHONY: demo test compat bench gpu-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+compat: $(STAMP)
+	$(BIN)/clip-backdoor compat
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/zeroshot_throughput.py

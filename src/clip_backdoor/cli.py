@@ -36,6 +36,7 @@ def _eval_recipe(args: argparse.Namespace):
                 "name": args.model,
                 "pretrained": args.pretrained,
                 "arch": args.arch,
+                "tokenizer": args.tokenizer,
                 "visual_prompts": args.visual_prompts,
             },
             "data": {"name": args.data, "split": args.split},
@@ -138,6 +139,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         device=args.device,
         runs_root=args.runs_root,
         fail_on=args.fail_on,
+        tokenizer=args.tokenizer,
     )
     report, run, table = run_scan(request, progress=sys.stderr.isatty())
     print(table)
@@ -160,6 +162,7 @@ def cmd_scan_data(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         runs_root=args.runs_root,
+        tokenizer=args.tokenizer,
     )
     _, run, table = run_data_scan(request, progress=sys.stderr.isatty())
     print(table)
@@ -174,6 +177,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     page = write_report(args.runs, args.out)
     print(f"report: {page} (open it in a browser; self-contained)")
     return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from clip_backdoor.compat.info import format_info, model_info
+    from clip_backdoor.models import load_clip
+
+    model = load_clip(args.model, args.pretrained, arch=args.arch, tokenizer=args.tokenizer).model
+    info = model_info(model)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    from clip_backdoor.compat.table import run_table
+
+    only = args.families.split(",") if args.families else None
+    readme = None if args.no_readme else Path(args.readme)
+    page, results = run_table(args.runs_root, Path(args.out), readme, only)
+    for r in results:
+        print(f"{r.tiny:20s} {r.family:20s} {r.seconds:6.1f} s  {r.error or 'every stage ran'}")
+    print(f"table: {page}")
+    return 1 if any(r.error for r in results) else 0
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrained", help="pretrained tag (e.g. openai) or weights file")
+    parser.add_argument("--arch", help="architecture of a bare weights file (else inferred)")
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="a local copy of the model's Hugging Face tokenizer (a save_pretrained folder; "
+        "SigLIP families and transformers checkpoints offline), or a hub name",
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -195,6 +233,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
+
+
+MODEL_HELP = (
+    "mini or tiny-* config, open_clip architecture (e.g. ViT-B-16-SigLIP), hf-hub:ORG/NAME, an "
+    "open_clip or Hugging Face transformers folder, or a weights file"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,9 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser(
         "eval", help="zero-shot CA (and ASR with --trigger) of a model on a data set"
     )
-    ev.add_argument("--model", default="mini", help="mini config, open_clip name, folder or file")
-    ev.add_argument("--pretrained", help="pretrained tag (e.g. openai) or weights file")
-    ev.add_argument("--arch", help="architecture of a bare weights file (else inferred)")
+    ev.add_argument("--model", default="mini", help=MODEL_HELP)
+    _add_model_options(ev)
     ev.add_argument(
         "--visual-prompts",
         metavar="FOLDER",
@@ -305,17 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'inconclusive' fail); 2 bad input (one line on stderr, no run folder left); 130 "
         "interrupted.",
     )
-    scan.add_argument(
-        "model",
-        help="mini config, open_clip name, weights file, model folder, backdoor "
-        "artifact or prompt-learner folder",
-    )
+    scan.add_argument("model", help=MODEL_HELP + ", backdoor artifact or prompt-learner folder")
     scan.add_argument("--data", required=True, help="clean images: a data set name or a path")
     scan.add_argument("--split", default="train", help="split of --data (default: train)")
     scan.add_argument("--images", type=int, default=256, help="seeded images drawn (default 256)")
     scan.add_argument("--size", type=int, help="images of the synthetic set (synthetic only)")
-    scan.add_argument("--pretrained", help="pretrained tag or weights file of MODEL")
-    scan.add_argument("--arch", help="architecture of a bare weights file")
+    _add_model_options(scan)
     scan.add_argument(
         "--scanners", default="all", help="comma-separated scanners (default: all that apply)"
     )
@@ -355,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and 5% FPR, precision at the true count) and figures/data_scan_roc_model.png.",
     )
     sd.add_argument(
-        "--model", required=True, help="the CLIP whose embeddings are used (any --model form)"
+        "--model", required=True, help="the CLIP whose embeddings are used: " + MODEL_HELP
     )
     sd.add_argument(
         "--data",
@@ -364,8 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a data-poisoning artifact folder (its training mix), or comma-separated data "
         "set names (their train pairs)",
     )
-    sd.add_argument("--pretrained", help="pretrained tag or weights file of --model")
-    sd.add_argument("--arch", help="architecture of a bare weights file")
+    _add_model_options(sd)
     sd.add_argument("--detectors", default="all", help="comma-separated detectors (default: all)")
     sd.add_argument(
         "--param",
@@ -390,6 +427,34 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", help="run folders (e.g. runs/matrix_mini/*)")
     rep.add_argument("-o", "--out", default="report", help="output folder (default: report)")
     rep.set_defaults(func=cmd_report)
+
+    info = commands.add_parser(
+        "info",
+        help="what a model is: family, towers, preprocessing, tokenizer, objective, methods",
+        description="Load MODEL as every command does and print its family, towers, "
+        "resolution, normalisation, tokenizer, objective (InfoNCE or SigLIP's sigmoid loss), "
+        "parameter count, and which methods apply to it (or why not).",
+    )
+    info.add_argument("model", help=MODEL_HELP)
+    _add_model_options(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=cmd_info)
+
+    compat = commands.add_parser(
+        "compat",
+        help="run every method on a tiny model of every CLIP family; write the table",
+        description="Run every method that applies, a step or two each, on a randomly "
+        "initialised tiny model of each family (open_clip ViT, quick-gelu ViT, RN50, ConvNeXt, "
+        "EVA02, SigLIP, SigLIP2, MobileCLIP, PE-Core, transformers CLIP and SigLIP), render the "
+        "report of each run, and write OUT/compatibility.md/.csv and the table in the README. "
+        "Exit 1 when a method fails on a family.",
+    )
+    compat.add_argument("--families", help="comma-separated tiny models (default: all)")
+    compat.add_argument("--out", default="results", help="folder of the table (default: results)")
+    compat.add_argument("--readme", default="README.md", help="README whose table is replaced")
+    compat.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    compat.add_argument("--runs-root", default="runs/compat", help="parent of the run folders")
+    compat.set_defaults(func=cmd_compat)
 
     lst = commands.add_parser("list", help="list mini models and registered methods")
     lst.set_defaults(func=cmd_list)

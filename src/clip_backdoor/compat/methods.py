@@ -59,6 +59,7 @@ ENCODE_LEVEL = (
     Method("target_search", "scan", "target_search"),
     Method("perturbation_search", "scan", "perturbation_search"),
     Method("scan-data", "data_scan", "all"),
+    Method("matrix", "matrix", "matrix"),
     Method("report", "report", "report"),
 )
 TOWER_LEVEL = (

@@ -9,7 +9,9 @@ fit, the fine-tuning loop, a detector's scoring, a scanner's search); they measu
 
 from __future__ import annotations
 
-from clip_backdoor.compat.methods import METHODS, TRIGGERS, Method, applies
+import re
+
+from clip_backdoor.compat.methods import ENCODE_LEVEL, TRIGGERS, Method, applies
 
 SIZE = 320  # synthetic training images: ISSBA holds 256 out for its own validation
 TRAIN = {"name": "synthetic", "split": "train", "size": SIZE, "templates": "simple"}
@@ -75,7 +77,7 @@ STAGE_PARAMS = {
     "strip": {"images": 8, "blends": 4, "batch_size": 8},
     "scale_up": {"images": 8, "batch_size": 8},
     "teco": {"images": 4, "corruptions": ["gaussian_noise", "brightness"], "workers": 1},
-    "all": {},
+    "all": {"models": ["attacked"], "batch_size": 64, "precision": "fp32"},
     "decomp_det": {"images": 8, "rule": "distance", "layers": [0, 1], "mlp_layers": [0, 1]},
     "decomp_rep": {"rule": "dot", "layers": [-1]},
     "vpt": {**PROMPTS, "length": 2},
@@ -88,9 +90,9 @@ STAGE_PARAMS = {
 
 def stage_of(method: Method) -> dict | None:
     """The recipe stage of a method (None: the evaluation or the report, not a stage)."""
-    if method.kind in ("eval", "report"):
+    if method.kind in ("eval", "report", "matrix"):
         return None
-    label = method.name.replace("poison: ", "poison_").replace("-", "_").replace(" ", "_")
+    label = re.sub(r"[^a-z0-9]+", "_", method.name.split(" (")[0].lower()).strip("_")
     stage = {"kind": method.kind, "method": method.method, "label": label, "evaluate": False}
     if method.method == "poison":
         stage["params"] = _poison(dict(method.params)["trigger"])
@@ -103,20 +105,47 @@ def stage_of(method: Method) -> dict | None:
     return stage
 
 
+def _badnet() -> Method:
+    return next(m for m in ENCODE_LEVEL if dict(m.params).get("trigger") == "badnet")
+
+
 def family_recipe(model, model_name: str, runs_root: str, name: str = "compat") -> dict:
-    """The recipe of every method that applies to ``model`` (loaded from ``model_name``): the
-    attacks first (BadNet last: its trigger and artifact serve the rest), then the
-    training-data scan, the detectors, the scanners, the prompt learners and the trigger-aware
-    attack, and the defenses last (each from the same model; the linear probe's head stays on)."""
-    methods = [m for m in METHODS if applies(model, m)[0]]
+    """The recipe of every encode-level method that applies to ``model`` (loaded from
+    ``model_name``): the attacks first (BadNet last: its trigger and artifact serve the rest),
+    then the training-data scan, the detectors, the scanners and the defenses (each from the
+    attacked model)."""
+    methods = [m for m in ENCODE_LEVEL if applies(model, m)[0]]
     poisons = [m for m in methods if m.method == "poison"]
-    poisons.sort(key=lambda m: dict(m.params)["trigger"] == "badnet")
+    poisons.sort(key=lambda m: m == _badnet())
     order = [m for m in methods if m.method == "badencoder"] + poisons
     order += [m for m in methods if m.kind == "data_scan"]
     order += [m for m in methods if m.kind in ("detection", "scan")]
-    order += [m for m in methods if m.kind == "prompt" or m.method == "badclip"]
     order += [m for m in methods if m.kind == "defense"]
-    stages = [stage_of(m) for m in order]
+    return _recipe(model_name, runs_root, name, [stage_of(m) for m in order])
+
+
+def tower_recipe(model_name: str, method: Method, runs_root: str, name: str) -> dict:
+    """One tower-level method after the family recipe's BadNet attack (from its cache)."""
+    return _recipe(model_name, runs_root, name, [stage_of(_badnet()), stage_of(method)])
+
+
+def matrix_recipe(model_name: str, runs_root: str, name: str) -> dict:
+    """A matrix of the BadNet attack x {none, FT} and STRIP: its three cells."""
+    by_name = {m.method: m for m in ENCODE_LEVEL}
+    recipe = _recipe(model_name, runs_root, name, [])
+    del recipe["stages"]
+    return {
+        **recipe,
+        "kind": "matrix",
+        "matrix": {
+            "attacks": [stage_of(_badnet())],
+            "defenses": ["none", stage_of(by_name["ft"])],
+            "detectors": [stage_of(by_name["strip"])],
+        },
+    }
+
+
+def _recipe(model_name: str, runs_root: str, name: str, stages: list) -> dict:
     return {
         "name": name,
         "seed": 0,

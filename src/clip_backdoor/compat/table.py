@@ -17,10 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clip_backdoor.compat.methods import METHODS, Method, applies
-from clip_backdoor.compat.recipe import family_recipe, stage_of
+from clip_backdoor.compat.methods import ENCODE_LEVEL, METHODS, NEXT_ISSUE, Method, applies
+from clip_backdoor.compat.recipe import family_recipe, matrix_recipe, stage_of, tower_recipe
 from clip_backdoor.errors import first_line
 from clip_backdoor.models.families import FAMILIES
+from clip_backdoor.reports.html import write_report
 
 TEST = "tests/test_compat.py::test_every_encode_level_method_runs"
 README_START, README_END = "<!-- compat:start -->", "<!-- compat:end -->"
@@ -43,59 +44,83 @@ def stage_key(method: Method) -> str | None:
 
 
 def run_family(tiny: str, runs_root: str | Path, progress: bool = False) -> FamilyRun:
-    """Run every encode-level method that applies on ``tiny`` (one recipe), then the report."""
+    """Every encode-level method that applies on ``tiny`` (one recipe) and the report of that
+    run; then each tower-level method that applies, in a recipe of its own (one that fails
+    there is the next issue's, and must not hide the others)."""
     from clip_backdoor.models import load_clip
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.reports.html import write_report
-    from clip_backdoor.runner import run_recipe
 
     model = load_clip(tiny).model
     result = FamilyRun(tiny, model.family)
     recipe = family_recipe(model, tiny, str(runs_root), name=f"compat-{tiny}")
     started = time.perf_counter()
-    try:
-        run = run_recipe(parse_recipe(recipe, f"compat recipe of {tiny}"), progress=progress)
-        result.run = run.path
+    run, error = _run(recipe, progress)
+    result.run = run.path if run is not None else None
+    report_ok = False
+    if run is not None:
         write_report([str(run.path)], run.path / "report")
-        finished = set(run.metrics.get("stage_seconds", {}))
         report_ok = (run.path / "report" / "index.html").is_file()
-    except Exception as e:  # a failing method is a cell of the table, not the end of it
-        result.error = f"{type(e).__name__}: {first_line(e)}"
-        stages = _log_stages(runs_root, tiny)
-        result.failed_stage = stages[-1] if stages else None
-        finished, report_ok = _finished_stages(runs_root, tiny, recipe), False
-    result.seconds = time.perf_counter() - started
+        finished = set(run.metrics.get("stage_seconds", {}))
+    else:
+        stages = _log_stages(runs_root, f"compat-{tiny}")
+        result.error, result.failed_stage = error, (stages[-1] if stages else None)
+        finished = _finished_stages(runs_root, f"compat-{tiny}", recipe)
     for method in METHODS:
         ok, reason = applies(model, method)
         if not ok:
             result.cells[method.name] = reason
-            continue
-        key = stage_key(method)
-        if method.kind == "eval":
-            done = result.run is not None or bool(finished)
-        elif method.kind == "report":
-            done = report_ok
+        elif method.kind == "matrix":
+            result.cells[method.name] = _run_matrix(tiny, runs_root)
+        elif method in ENCODE_LEVEL:
+            done = {"eval": run is not None or bool(finished), "report": report_ok}.get(
+                method.kind, stage_key(method) in finished
+            )
+            result.cells[method.name] = "runs" if done else f"fails: {result.error}"
         else:
-            done = key in finished
-        if done:
-            result.cells[method.name] = "runs"
-        else:
-            result.cells[method.name] = f"fails: {result.error}" if result.error else "not run"
+            label = f"compat-{tiny}-{stage_of(method)['label']}"
+            tower, error = _run(tower_recipe(tiny, method, str(runs_root), label), progress)
+            result.cells[method.name] = "runs" if tower is not None else f"{NEXT_ISSUE}: {error}"
+    result.seconds = time.perf_counter() - started
     return result
 
 
-def _log_stages(runs_root: str | Path, tiny: str) -> list[str]:
-    """The 'stage ...' lines of the family's last run log, in order."""
-    folders = sorted(Path(runs_root).glob(f"*-compat-{tiny}"))
+def _run_matrix(tiny: str, runs_root: str | Path) -> str:
+    """'runs' when the family's 3-cell matrix (``matrix_recipe``) ran every cell."""
+    from clip_backdoor.matrix.launch import run_matrix
+    from clip_backdoor.matrix.spec import parse_matrix
+
+    name = f"compat-matrix-{tiny}"
+    try:
+        matrix = parse_matrix(matrix_recipe(tiny, str(runs_root), name), name)
+        folders = run_matrix(matrix, name, "local", log=lambda *_: None)
+    except Exception as e:
+        return f"fails: {type(e).__name__}: {first_line(e)}"
+    done = [f for f in folders.values() if (Path(f) / "metrics.json").is_file()]
+    return "runs" if len(done) == 3 else f"fails: {len(done)} of 3 cells ran"
+
+
+def _run(recipe: dict, progress: bool):
+    """(run result, None) or (None, the error's first line): a failing method is a cell."""
+    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.runner import run_recipe
+
+    try:
+        return run_recipe(parse_recipe(recipe, f"recipe {recipe['name']}"), progress), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {first_line(e)}"
+
+
+def _log_stages(runs_root: str | Path, name: str) -> list[str]:
+    """The 'stage ...' lines of the last log of runs named ``name``, in order."""
+    folders = sorted(Path(runs_root).glob(f"*-{name}"))
     if not folders or not (folders[-1] / "log.txt").is_file():
         return []
     lines = (folders[-1] / "log.txt").read_text().splitlines()
     return [line.split(" stage ", 1)[1].split(" {", 1)[0] for line in lines if " stage " in line]
 
 
-def _finished_stages(runs_root: str | Path, tiny: str, recipe: dict) -> set[str]:
+def _finished_stages(runs_root: str | Path, name: str, recipe: dict) -> set[str]:
     """The stages a failed run finished: every one started before the last one started."""
-    started = len(_log_stages(runs_root, tiny))
+    started = len(_log_stages(runs_root, name))
     return {f"{s['kind']}.{s['label']}" for s in recipe["stages"][: max(0, started - 1)]}
 
 
