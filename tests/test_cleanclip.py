@@ -37,6 +37,11 @@ def test_in_modal_loss_rewards_matching_views():
     # at logit 0 against 100: CE 50 for both rows, ~0 for the other two, mean 25
     grouped = in_modal_loss(features, features, scale, torch.tensor([0, 0, 1, 2]), Dist())
     assert abs(grouped.item() - 25.0) < 1e-3
+    # a SigLIP model's in-modal term is its sigmoid loss, with its bias
+    bias = torch.tensor(-10.0)
+    matched = in_modal_loss(features, features, scale, None, Dist(), "sigmoid", bias)
+    shuffled = in_modal_loss(features, features.roll(1, 0), scale, None, Dist(), "sigmoid", bias)
+    assert matched < 1e-3 < 50 < shuffled
 
 
 def test_views_of_an_item_redraw_images_but_keep_their_caption(tmp_path):

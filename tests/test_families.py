@@ -265,3 +265,24 @@ def test_bad_model_input_is_one_line_fast_and_writes_nothing(tmp_path, capsys, m
         if argv[2] == str(hub_tokenizer):
             assert "'timm/ViT-B-16-SigLIP'" in err and "network" in err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_both_objectives_over_two_processes_are_the_global_batchs(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    from ddp_losses import two_process_losses  # a module that imports clip_backdoor first
+
+    torch.multiprocessing.spawn(two_process_losses, args=(port, str(tmp_path / "l")), nprocs=2)
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1)
+    groups = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
+    scale, bias = torch.tensor(2.0), torch.tensor(-2.0)
+    expected = [
+        float(pair_loss(k, image, text, scale, bias, groups)) for k in ("infonce", "sigmoid")
+    ]
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"l.{rank}") == pytest.approx(expected, rel=1e-6)

@@ -194,6 +194,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_compat(args: argparse.Namespace) -> int:
     from clip_backdoor.compat.table import run_table
 
+    if args.recipe:
+        return _print_smoke_recipe(args.recipe, args.tokenizer)
     only = args.families.split(",") if args.families else None
     readme = None if args.no_readme else Path(args.readme)
     page, results = run_table(args.runs_root, Path(args.out), readme, only)
@@ -201,6 +203,22 @@ def cmd_compat(args: argparse.Namespace) -> int:
         print(f"{r.tiny:20s} {r.family:20s} {r.seconds:6.1f} s  {r.error or 'every stage ran'}")
     print(f"table: {page}")
     return 1 if any(r.error for r in results) else 0
+
+
+def _print_smoke_recipe(name: str, tokenizer: str | None) -> int:
+    import yaml
+
+    from clip_backdoor.compat.recipe import smoke_recipe
+    from clip_backdoor.models import load_clip
+
+    model = load_clip(name, tokenizer=tokenizer).model
+    header = (
+        f"# Full-size smoke of {model.family} ({name}, untrained, {model.image_size} px): one\n"
+        "# step of every encode-level method (clip-backdoor compat --recipe; compat/recipe.py).\n"
+        "#   clip-backdoor run THIS_FILE\n#   clip-backdoor results families runs/*-smoke_*\n"
+    )
+    print(header + yaml.safe_dump(smoke_recipe(model, name, tokenizer), sort_keys=False), end="")
+    return 0
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -454,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     compat.add_argument("--readme", default="README.md", help="README whose table is replaced")
     compat.add_argument("--no-readme", action="store_true", help="leave the README alone")
     compat.add_argument("--runs-root", default="runs/compat", help="parent of the run folders")
+    compat.add_argument(
+        "--recipe",
+        metavar="MODEL",
+        help="print the full-size smoke recipe of MODEL instead (one step of every "
+        "encode-level method at its native resolution; recipes/families/)",
+    )
+    compat.add_argument("--tokenizer", help="with --recipe: the model's tokenizer (see eval)")
     compat.set_defaults(func=cmd_compat)
 
     lst = commands.add_parser("list", help="list mini models and registered methods")

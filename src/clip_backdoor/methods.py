@@ -3,6 +3,7 @@
 
 def register_methods() -> None:
     import clip_backdoor.analysis.attribute_probe  # noqa: F401
+    import clip_backdoor.analysis.model_info  # noqa: F401
     import clip_backdoor.analysis.text_head  # noqa: F401
     import clip_backdoor.analysis.trigger_position  # noqa: F401
     import clip_backdoor.attacks  # noqa: F401

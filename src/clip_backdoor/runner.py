@@ -350,7 +350,17 @@ def _restarts_after(specs: list, index: int) -> bool:
     return False
 
 
-def _evaluate_point(
+def _evaluate_point(ctx, *args, **kwargs) -> list[dict]:
+    """``_evaluate_point_rows``, timed into ``metrics['evaluation_seconds']`` per point."""
+    started = time.perf_counter()
+    rows = _evaluate_point_rows(ctx, *args, **kwargs)
+    seconds = ctx.metrics.setdefault("evaluation_seconds", {})
+    label = args[0] if args else kwargs.get("label")
+    seconds[label] = round(seconds.get(label, 0.0) + time.perf_counter() - started, 3)
+    return rows
+
+
+def _evaluate_point_rows(
     ctx: RunContext, point: str, kind: str, templates, precision: str
 ) -> list[dict]:
     """CA (and ASR where the set has the target) of the current model on every set."""

@@ -124,6 +124,18 @@ def family_recipe(model, model_name: str, runs_root: str, name: str = "compat") 
     return _recipe(model_name, runs_root, name, [stage_of(m) for m in order])
 
 
+def smoke_recipe(model, model_name: str, tokenizer: str | None = None) -> dict:
+    """The full-size smoke of a family: what it is (``model_info``), then ``family_recipe``'s
+    stages at the model's native resolution (``recipes/families/smoke_*.yaml``)."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", model_name).strip("_").lower()
+    recipe = family_recipe(model, model_name, "runs", name=f"smoke_{slug}")
+    if tokenizer:
+        recipe["model"]["tokenizer"] = tokenizer
+    info = {"kind": "analysis", "method": "model_info", "label": "model_info", "evaluate": False}
+    recipe["stages"].insert(0, info)
+    return recipe
+
+
 def tower_recipe(model_name: str, method: Method, runs_root: str, name: str) -> dict:
     """One tower-level method after the family recipe's BadNet attack (from its cache)."""
     return _recipe(model_name, runs_root, name, [stage_of(_badnet()), stage_of(method)])

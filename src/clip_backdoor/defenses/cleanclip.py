@@ -81,19 +81,19 @@ class SelfSupervisedPairs(Dataset):
 
 
 def in_modal_loss(
-    objective: str,
     features: torch.Tensor,
     views: torch.Tensor,
-    model: PixelCLIP,
+    scale: torch.Tensor,
     groups: torch.Tensor | None,
     dist: Dist,
+    objective: str = "infonce",
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each item against every view in the (global) batch, its own view the positive: CE for
     InfoNCE models (as CleanCLIP), the sigmoid loss with the model's bias for SigLIP ones."""
     features, views, groups = gather_batch(features, views, groups, dist.rank, dist.world_size)
-    scale = model.logit_scale.float()
     if objective == "sigmoid":
-        return sigmoid_loss(features, views, scale, model.logit_bias.float(), groups)
+        return sigmoid_loss(features, views, scale, bias, groups)
     logits = scale.exp() * features @ views.T
     if groups is None:
         return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
@@ -111,22 +111,26 @@ def cleanclip_objective(spec: CleanCLIPSpec):
         )
         image_features, text_features = image_features.float(), text_features.float()
         kind = resolve_objective(model, training.loss)
-        bias = model.logit_bias
+        scale, bias = model.logit_scale.float(), model.logit_bias
+        bias = None if bias is None else bias.float()
         text_groups = groups if training.label_aware else None  # templated captions repeat
         loss_pairs = pair_loss(
             kind,
             image_features[:n],
             text_features[:n],
-            model.logit_scale.float(),
-            None if bias is None else bias.float(),
+            scale,
+            bias,
             text_groups,
             dist.rank,
             dist.world_size,
         )
-        loss_ss = (
-            in_modal_loss(kind, image_features[:n], image_features[n:], model, None, dist)
-            + in_modal_loss(kind, text_features[:n], text_features[n:], model, text_groups, dist)
-        ) / 2
+        image_ss = in_modal_loss(
+            image_features[:n], image_features[n:], scale, None, dist, kind, bias
+        )
+        text_ss = in_modal_loss(
+            text_features[:n], text_features[n:], scale, text_groups, dist, kind, bias
+        )
+        loss_ss = (image_ss + text_ss) / 2
         return spec.lambda_clip * loss_pairs + spec.lambda_ss * loss_ss
 
     return objective

@@ -72,7 +72,7 @@ def gather_batch(image_features, text_features, groups, rank: int, world_size: i
     )
     if groups is not None:
         gathered = [torch.empty_like(groups) for _ in range(world_size)]
-        torch.distributed.allgather_batch(gathered, groups)
+        torch.distributed.all_gather(gathered, groups)
         groups = torch.cat(gathered)
     return image_features, text_features, groups
 

@@ -194,10 +194,14 @@ TINY_PREPROCESS = {  # the family's own normalisation and resizing (open_clip's 
     "tiny-mobileclip": {"mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bilinear"},
 }
 TINY_NAMES = tuple(f.tiny for f in FAMILIES)
+# transformers' default configs, untrained and full size (CLIPConfig(): OpenAI's ViT-B/32;
+# SiglipConfig(): SigLIP base/16 at 224 px), for the CPU smoke where no checkpoint downloads
+FULL_TRANSFORMERS = ("hf-clip-vit-b-32", "hf-siglip-b-16")
 
 
 def is_tiny(name: str) -> bool:
-    return name in TINY_NAMES
+    """A model built here from code alone: a tiny family model or an untrained transformers one."""
+    return name in TINY_NAMES or name in FULL_TRANSFORMERS
 
 
 def tiny_open_clip_config(name: str) -> tuple[dict, dict | None]:
@@ -208,7 +212,8 @@ def tiny_open_clip_config(name: str) -> tuple[dict, dict | None]:
 
 
 def tiny_transformers_model(name: str):
-    """A randomly initialised transformers CLIPModel / SiglipModel (seeded by the caller)."""
+    """A randomly initialised transformers CLIPModel / SiglipModel (seeded by the caller) and
+    the folder of its tokenizer built here."""
     import transformers
 
     text = {
@@ -220,6 +225,11 @@ def tiny_transformers_model(name: str):
     }
     vision = {**text, "image_size": 32, "patch_size": 8}
     del vision["max_position_embeddings"]
+    if name == "hf-clip-vit-b-32":
+        return transformers.CLIPModel(transformers.CLIPConfig()).eval(), built_tokenizer("clip-bpe")
+    if name == "hf-siglip-b-16":
+        config = transformers.SiglipConfig()
+        return transformers.SiglipModel(config).eval(), built_tokenizer("sentencepiece")
     if name == "tiny-hf-clip":
         text = {**text, "vocab_size": CLIP_VOCAB, "bos_token_id": 49406, "eos_token_id": 49407}
         config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)

@@ -264,7 +264,7 @@ def _from_transformers(path: Path) -> PixelCLIP:
 
 
 def _tiny(name: str) -> PixelCLIP:
-    if name.startswith("tiny-hf"):
+    if name.startswith(("tiny-hf", "hf-")):
         from clip_backdoor.models.tokenizers import TransformersTokenizer, auto_tokenizer
 
         hf_model, tokenizer_folder = tiny_transformers_model(name)

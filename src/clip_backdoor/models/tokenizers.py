@@ -28,6 +28,7 @@ import torch
 from clip_backdoor.errors import ModelLoadError, first_line
 
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+BUILT, BUILT_KINDS = "built:", ("sentencepiece", "clip-bpe")  # tokenizers made here (tiny models)
 HOW_TO_GIVE = (
     "give a local copy: `tokenizer: PATH` under `model:` in a recipe or `--tokenizer PATH` "
     "(a folder written by the tokenizer's save_pretrained), or set HF_HOME to a Hugging Face "
@@ -53,13 +54,26 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def built_source(source: str | Path) -> str:
+    """``built:KIND`` (a tokenizer made here, for untrained models offline) as its folder."""
+    source = str(source)
+    if not source.startswith(BUILT):
+        return source
+    from clip_backdoor.models.families import built_tokenizer
+
+    kind = source[len(BUILT) :]
+    if kind not in BUILT_KINDS:
+        raise ModelLoadError(f"unknown built tokenizer '{kind}' ({', '.join(BUILT_KINDS)})")
+    return str(built_tokenizer(kind))
+
+
 def auto_tokenizer(source: str | Path, what: str):
     """transformers' ``AutoTokenizer`` of a folder or hub name, offline first (see module doc)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    source = str(source)
+    source = built_source(source)
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as e:
@@ -114,6 +128,7 @@ def open_clip_hf_tokenizer(text_cfg: dict, folder: Path | None, override: str | 
         source = str(folder)
     else:
         source = text_cfg["hf_tokenizer_name"]
+    source = built_source(source)
     auto_tokenizer(source, what)  # local, cached or fetched now: one line if none of them
     kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
     return HFTokenizer(

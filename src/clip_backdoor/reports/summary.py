@@ -28,6 +28,7 @@ def tables() -> dict[str, Table]:
         data_scan,
         decomposition,
         defenses,
+        families,
         matrix,
         measuring,
         poisoning,
@@ -44,6 +45,7 @@ def tables() -> dict[str, Table]:
         scan,
         data_scan,
         matrix,
+        families,
     )
     return {m.TABLE.name: m.TABLE for m in modules}
 
@@ -58,6 +60,7 @@ TABLES = (
     "scan",
     "data_scan",
     "matrix",
+    "families",
 )
 
 

@@ -1,0 +1,27 @@
+"""``kind: analysis, method: model_info``: the run records what model it ran on.
+
+Why: a results table over families (``results/families.md``) must say each run's family,
+resolution, objective and size; ``clip-backdoor info`` computes the same from the model.
+"""
+
+from __future__ import annotations
+
+from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.registry import ANALYSES
+
+
+class ModelInfoSpec(Strict):
+    pass
+
+
+@ANALYSES.register("model_info")
+class ModelInfo:
+    def __init__(self, **params) -> None:
+        self.spec = validate(ModelInfoSpec, params, "analysis model_info")
+
+    def run(self, ctx) -> dict:
+        from clip_backdoor.compat.info import model_info
+
+        info = model_info(ctx.model)
+        ctx.log(f"model {info['name']}: {info['family']}, {info['objective']}")
+        return {k: v for k, v in info.items() if k != "methods"}
