@@ -2,7 +2,7 @@
 
 The family matrix is the compatibility table's source (`clip-backdoor compat` runs the same
 ``run_family``). `make test` runs two families whose loading, tokenizer and objective differ
-most from the open_clip ViT the rest of the suite uses (open_clip SigLIP, transformers CLIP);
+most from the open_clip ViT the rest of the suite uses (open_clip SigLIP, transformers SigLIP);
 `make compat` runs all eleven and rewrites the table (a few minutes on 2 cores).
 """
 
@@ -17,7 +17,7 @@ from clip_backdoor.compat.methods import ENCODE_LEVEL
 from clip_backdoor.compat.table import run_family
 from clip_backdoor.models.families import FAMILIES
 
-IN_SUITE = {"tiny-siglip", "tiny-hf-clip"}
+IN_SUITE = {"tiny-siglip", "tiny-hf-siglip"}
 
 
 @pytest.mark.parametrize(

@@ -235,12 +235,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from clip_backdoor.methods import register_methods
     from clip_backdoor.models import MINI_CONFIGS
+    from clip_backdoor.models.families import FAMILIES, FULL_TRANSFORMERS
     from clip_backdoor.models.loading import PRETRAINED_MINIS
     from clip_backdoor.registry import REGISTRIES
 
     register_methods()
     print(f"mini models: {', '.join(MINI_CONFIGS)}")
     print(f"pretrained measuring models: {', '.join(PRETRAINED_MINIS)} (models/)")
+    print(f"tiny models of each family (untrained): {', '.join(f.tiny for f in FAMILIES)}")
+    print(f"untrained transformers (full size): {', '.join(FULL_TRANSFORMERS)}")
     for kind, registry in REGISTRIES.items():
         print(f"{kind}s: {', '.join(registry.names()) or '(none yet)'}")
     return 0
