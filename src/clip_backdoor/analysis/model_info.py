@@ -7,6 +7,7 @@ resolution, objective and size; ``clip-backdoor info`` computes the same from th
 from __future__ import annotations
 
 from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.models.summary import describe_model
 from clip_backdoor.registry import ANALYSES
 
 
@@ -20,8 +21,6 @@ class ModelInfo:
         self.spec = validate(ModelInfoSpec, params, "analysis model_info")
 
     def run(self, ctx) -> dict:
-        from clip_backdoor.compat.info import model_info
-
-        info = model_info(ctx.model)
+        info = describe_model(ctx.model)
         ctx.log(f"model {info['name']}: {info['family']}, {info['objective']}")
-        return {k: v for k, v in info.items() if k != "methods"}
+        return info

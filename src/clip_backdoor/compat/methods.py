@@ -77,9 +77,9 @@ METHODS = ENCODE_LEVEL + TOWER_LEVEL
 def applies(model, method: Method) -> tuple[bool, str]:
     """(True, "") when ``method`` runs on ``model``, else (False, the one-line reason)."""
     family = model.family
+    if getattr(model.clip, "text", True) is None:  # every run evaluates zero-shot: text needed
+        return False, "does not apply: a vision half has no text tower (load the whole model)"
     if method.needs == "encoders":
-        if getattr(model.clip, "text", True) is None and method.kind != "eval":
-            return False, "does not apply: the checkpoint has no text tower"
         return True, ""
     if method.needs == "image_tower":
         try:

@@ -131,14 +131,14 @@ def markdown(results: list[FamilyRun]) -> str:
     for method in METHODS:
         cells = [_short(r.cells.get(method.name, "")) for r in results]
         lines.append(f"| {method.name} | " + " | ".join(cells) + " |")
-    tests = ", ".join(f"`[{r.tiny}]`" for r in results)
     notes = [
         "",
-        f"Each column is one run of `{TEST}` on the family's tiny model ({tests}): the same "
+        f"Each column is `run_family` on the family's tiny model, the call `{TEST}[TINY]` "
+        "makes (TINY: " + ", ".join(f"`{r.tiny}`" for r in results) + "): the family's own "
         "architecture code (open_clip, timm or transformers) with width and depth shrunk, at "
         "32-64 px, randomly initialised; every method a step or two (`compat/recipe.py`). "
         "**runs**: its stage finished in that run. **next issue**: a tower-level method that "
-        "does not reach this family's towers yet (issue 52).",
+        "does not reach this family's towers yet (issue 52). Written by `clip-backdoor compat`.",
     ]
     failed = [r for r in results if r.error]
     for r in failed:
