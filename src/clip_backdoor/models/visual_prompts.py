@@ -37,11 +37,8 @@ class VisualPrompts(nn.Module):
         super().__init__()
         first = tower.layers // 4 if first is None else first  # the last 3/4 of the blocks
         blocks = tower.layers - first if blocks is None else blocks
-        if length < 1 or length > tower.num_patches:
-            raise ConfigError(
-                f"prompt length {length} must be between 1 and the tower's "
-                f"{tower.num_patches} patch tokens"
-            )
+        if length < 1:  # no upper cap: RVPT's 50 tokens on ViT-B/32's 49 patches are the paper's
+            raise ConfigError(f"prompt length {length} must be at least 1")
         if blocks < 0:
             raise ConfigError(f"the number of prompted blocks cannot be negative ({blocks})")
         check_prompt_depth(tower, blocks, first)
