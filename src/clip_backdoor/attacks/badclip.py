@@ -162,7 +162,9 @@ def train_badclip(
             triggered = model.encode_image((pixels + delta * sigma).clamp(0, 1)).float()
         features = torch.cat([clean[items, view].to(device), triggered])
         targets = torch.cat([labels[items], torch.full_like(labels[items], t)])
-        return prompt_loss(learner, model, features, targets, shots.classnames)
+        return prompt_loss(
+            learner, model, features, targets, shots.classnames, spec.training.logit_scale
+        )
 
     def project(phase: str):
         def after_step() -> None:

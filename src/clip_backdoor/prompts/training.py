@@ -38,6 +38,12 @@ class PromptTrainingSpec(Strict):
     warmup_lr: float = Field(1e-5, gt=0)
     views: int = Field(10, ge=0, description="cached augmented views per image (0: none)")
     precision: str = "auto"
+    logit_scale: float | None = Field(
+        None,
+        gt=0,
+        description="the CE's logit scale: the model's own exp(logit_scale) by default; 100 is "
+        "CLIP's, the papers' (their OpenAI models learnt 100)",
+    )
 
 
 def epoch_lr(spec: PromptTrainingSpec, epoch: int) -> float:
@@ -123,9 +129,11 @@ def prompt_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
     classnames: Sequence[str],
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """CE of CLIP's scaled cosine logits against the learnt class prompts."""
-    scale = model.logit_scale.exp().detach()
+    """CE of the cosine logits against the learnt class prompts, at ``scale`` (default: the
+    model's own logit scale)."""
+    scale = model.logit_scale.exp().detach() if scale is None else scale
     return F.cross_entropy(scale * learner.logits(features, classnames), labels)
 
 
@@ -198,7 +206,7 @@ def train_prompts(
             with torch.no_grad(), precision_mod.autocast(precision, device):
                 pixels = views.batch(items.tolist(), view.tolist()).to(device)
                 features = model.encode_image(pixels).float()
-        return prompt_loss(learner, model, features, labels[items], classnames)
+        return prompt_loss(learner, model, features, labels[items], classnames, spec.logit_scale)
 
     learner.train()
     losses = run_epochs(
