@@ -51,6 +51,11 @@ class Decomposition:
 
 def check_decomposable(tower: ImageTower) -> None:
     """A one-line error for what the exact decomposition cannot express."""
+    if type(tower) is not ImageTower:  # timm's towers end in an attention-pool head
+        raise ConfigError(
+            f"the decomposition does not reach {type(tower).__name__} towers yet (their "
+            "attention-pool head is not a sum of per-token parts)"
+        )
     visual = tower.visual
     if getattr(visual, "pool_type", "tok") != "tok":
         raise ConfigError(f"pool type '{visual.pool_type}' is not decomposable (only CLS pooling)")
@@ -64,6 +69,13 @@ def check_decomposable(tower: ImageTower) -> None:
         for scale in (block.ls_1, block.ls_2):  # Identity, or open_clip's elementwise LayerScale
             if not isinstance(scale, nn.Identity) and not hasattr(scale, "gamma"):
                 raise ConfigError(f"block {layer}: layer scale {type(scale).__name__} unsupported")
+
+
+def decomposable_tower(model: nn.Module) -> ImageTower:
+    """The model's tower, or a one-line error before any work if it cannot be decomposed."""
+    tower = ImageTower.of(model)
+    check_decomposable(tower)
+    return tower
 
 
 def _scale(block: nn.Module, value: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class Method:
     name: str  # the column of the table
     kind: str  # stage kind in a recipe ("eval": the recipe's own evaluation)
     method: str  # registry name
-    needs: str = "encoders"  # encoders | image_tower | text_tower
+    needs: str = "encoders"  # encoders | image_tower | decomposition | text_tower
     params: tuple = ()  # ((key, value), ...) of the one-step stage
 
 
@@ -65,8 +65,8 @@ ENCODE_LEVEL = (
 TOWER_LEVEL = (
     Method("vpt", "defense", "vpt", "image_tower"),
     Method("rvpt", "defense", "rvpt", "image_tower"),
-    Method("decomp_rep", "defense", "decomp_rep", "image_tower"),
-    Method("decomp_det", "detection", "decomp_det", "image_tower"),
+    Method("decomp_rep", "defense", "decomp_rep", "decomposition"),
+    Method("decomp_det", "detection", "decomp_det", "decomposition"),
     Method("coop", "prompt", "coop", "text_tower"),
     Method("cocoop", "prompt", "cocoop", "text_tower"),
     Method("badclip (Bai)", "attack", "badclip", "text_tower"),
@@ -81,9 +81,13 @@ def applies(model, method: Method) -> tuple[bool, str]:
         return False, "does not apply: a vision half has no text tower (load the whole model)"
     if method.needs == "encoders":
         return True, ""
-    if method.needs == "image_tower":
+    if method.needs in ("image_tower", "decomposition"):
         try:
-            ImageTower.of(model)
+            tower = ImageTower.of(model)
+            if method.needs == "decomposition":
+                from clip_backdoor.analysis.decomposition import check_decomposable
+
+                check_decomposable(tower)
             return True, ""
         except ConfigError as e:
             if family in CONVOLUTIONAL:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import save_file
 
-from clip_backdoor.analysis.decomposition import decompose
+from clip_backdoor.analysis.decomposition import decomposable_tower, decompose
 from clip_backdoor.analysis.infected_heads import (
     Calibration,
     InfectionSpec,
@@ -166,7 +166,7 @@ class DecompRep:
         spec, model = self.spec, ctx.model
         if isinstance(model, RepairedCLIP):
             model = model.base  # a repair of a repair starts from the same decomposition
-        ImageTower.of(model)  # a one-line error for non-ViT towers, before any work
+        decomposable_tower(model)  # a one-line error for towers it cannot split, before any work
         calibration = spec.calibrate(model, ctx.validation, spec.batch_size, ctx.progress)
         stream = (
             stream_means(model, ctx.validation, spec.batch_size) if spec.site == "stream" else None

@@ -16,7 +16,8 @@ use instead (None keeps it). Sites, per block, in order:
 - ``mlp``: the MLP branch added to the stream (B, T, d);
 - ``resid_post``: the block's output (B, T, d).
 
-Token order inside the tower: [CLS, prompts (n_p, only while prompted), patches].
+Token order inside the tower: [CLS, prompts (n_p, only while prompted), patches]; a tower
+without a class token (SigLIP) has none before the prompts (``prefix``).
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ class ImageTower:
 
     @classmethod
     def of(cls, model: nn.Module) -> ImageTower:
-        """The tower of a PixelCLIP or open_clip CLIP, or a one-line error saying what it lacks."""
+        """The tower of a PixelCLIP or open_clip CLIP, or a one-line error saying what it lacks:
+        open_clip's ViT here, the timm ViTs open_clip builds (SigLIP) in ``timm_tower``."""
         clip = getattr(model, "clip", model)
         visual = getattr(clip, "visual", None)
+        from clip_backdoor.models.timm_tower import TimmViTTower, is_timm_vit
+
+        if is_timm_vit(visual):
+            return TimmViTTower.of_timm(visual)
         parts = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
         if visual is None or not all(hasattr(visual, p) for p in parts):
             kind = type(visual).__name__ if visual is not None else type(clip).__name__
@@ -57,6 +63,8 @@ class ImageTower:
             if not isinstance(block, ResidualAttentionBlock) or hasattr(block, "ln_1_kv"):
                 raise ConfigError(f"ViT blocks of type {type(block).__name__} are unsupported")
         return cls(visual)
+
+    prefix = 1  # tokens before the prompts and patches: the class token
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -118,14 +126,14 @@ class ImageTower:
         if prompts is not None:
             check_prompt_depth(self, prompts.shape[0], first_prompted)
         x = self.embed(images)
-        n_prompt = 0
+        n_prompt, k = 0, self.prefix
         for layer, block in enumerate(self.blocks):
             if prompts is not None and first_prompted <= layer < first_prompted + len(prompts):
                 p = prompts[layer - first_prompted].to(x.dtype).expand(x.shape[0], -1, -1)
-                x = torch.cat([x[:, :1], p, x[:, 1 + n_prompt :]], dim=1)
+                x = torch.cat([x[:, :k], p, x[:, k + n_prompt :]], dim=1)
                 n_prompt = p.shape[1]
             x = self._block(layer, block, x, hook if sites else None, set(sites))
-        x = torch.cat([x[:, :1], x[:, 1 + n_prompt :]], dim=1)
+        x = torch.cat([x[:, :k], x[:, k + n_prompt :]], dim=1)
         return x if tokens else self.pool(x)
 
     def _block(
