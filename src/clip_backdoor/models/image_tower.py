@@ -46,13 +46,20 @@ class ImageTower:
     @classmethod
     def of(cls, model: nn.Module) -> ImageTower:
         """The tower of a PixelCLIP or open_clip CLIP, or a one-line error saying what it lacks:
-        open_clip's ViT here, the timm ViTs open_clip builds (SigLIP) in ``timm_tower``."""
+        open_clip's ViT here, the timm ViTs open_clip builds (SigLIP) in ``timm_tower``, the
+        transformers vision models (CLIP, SigLIP) in ``transformers_tower``."""
         clip = getattr(model, "clip", model)
         visual = getattr(clip, "visual", None)
         from clip_backdoor.models.timm_tower import TimmViTTower, is_timm_vit
+        from clip_backdoor.models.transformers_tower import (
+            TransformersViTTower,
+            is_transformers_vision,
+        )
 
         if is_timm_vit(visual):
             return TimmViTTower.of_timm(visual)
+        if is_transformers_vision(visual):
+            return TransformersViTTower(visual)
         parts = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
         if visual is None or not all(hasattr(visual, p) for p in parts):
             kind = type(visual).__name__ if visual is not None else type(clip).__name__
