@@ -139,6 +139,7 @@ class ImageTower:
                 p = prompts[layer - first_prompted].to(x.dtype).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :k], p, x[:, k + n_prompt :]], dim=1)
                 n_prompt = p.shape[1]
+            self.prompt_tokens = n_prompt  # towers whose blocks must know (rotary positions)
             x = self._block(layer, block, x, hook if sites else None, set(sites))
         x = torch.cat([x[:, :k], x[:, k + n_prompt :]], dim=1)
         return x if tokens else self.pool(x)

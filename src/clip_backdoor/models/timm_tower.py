@@ -24,9 +24,10 @@ from clip_backdoor.models.image_tower import _HEAD_SITES, Hook, ImageTower, _cal
 
 
 def is_timm_vit(visual: nn.Module | None) -> bool:
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
-    return isinstance(getattr(visual, "trunk", None), VisionTransformer)
+    return isinstance(getattr(visual, "trunk", None), VisionTransformer | Eva)
 
 
 @dataclass
@@ -35,9 +36,15 @@ class TimmViTTower(ImageTower):
 
     @classmethod
     def of_timm(cls, visual: nn.Module) -> TimmViTTower:
+        from timm.models.eva import Eva
+
         trunk = visual.trunk
         if getattr(trunk, "dynamic_img_size", False):
             raise ConfigError("timm ViTs with a dynamic image size are unsupported")
+        if isinstance(trunk, Eva):
+            if getattr(trunk, "rope_mixed", False):
+                raise ConfigError("EVA towers with depth-mixed rotary positions are unsupported")
+            return EvaTower(visual)
         return cls(visual)
 
     @property
@@ -95,6 +102,44 @@ class TimmViTTower(ImageTower):
         x = x + _call(hook, layer, "attn", block.ls1(attn), sites)
         x = x + _call(hook, layer, "mlp", block.ls2(block.mlp(block.norm2(x))), sites)
         return _call(hook, layer, "resid_post", x, sites)
+
+
+@dataclass
+class EvaTower(TimmViTTower):
+    """timm's ``Eva`` (EVA02, PE-Core): rotary positions on the patch tokens of every block.
+
+    Prompts carry no position, so the rotary embedding skips them as it skips the class token:
+    each attention is told the prefix is the class token plus the prompts.
+    """
+
+    rope: torch.Tensor | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        trunk = self.trunk
+        x, self.rope = trunk._pos_embed(trunk.patch_embed(images))
+        return trunk.norm_pre(x)
+
+    def _block(
+        self, layer: int, block: nn.Module, x: torch.Tensor, hook: Hook | None, sites: set[str]
+    ) -> torch.Tensor:
+        attention = block.attn
+        saved = attention.num_prefix_tokens
+        attention.num_prefix_tokens = self.prefix + getattr(self, "prompt_tokens", 0)
+        try:
+            if hook is None:
+                return block(x, rope=self.rope)
+            if sites & _HEAD_SITES:
+                raise ConfigError("per-head outputs of EVA towers are not available yet")
+            x = _call(hook, layer, "resid_pre", x, sites)
+            attn = block.attn(block.norm1(x), rope=self.rope)
+            attn = attn if block.gamma_1 is None else block.gamma_1 * attn
+            x = x + _call(hook, layer, "attn", attn, sites)
+            mlp = block.mlp(block.norm2(x))
+            mlp = mlp if block.gamma_2 is None else block.gamma_2 * mlp
+            x = x + _call(hook, layer, "mlp", mlp, sites)
+            return _call(hook, layer, "resid_post", x, sites)
+        finally:
+            attention.num_prefix_tokens = saved
 
 
 def timm_head_outputs(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
