@@ -198,7 +198,12 @@ class RVPT:
         self.spec = validate(RVPTSpec, {**self.defaults, **params}, f"defense {self.kind}")
 
     def run(self, ctx) -> dict:
-        ImageTower.of(ctx.model)  # a non-ViT model is a one-line error before any work
+        tower = ImageTower.of(ctx.model)  # a non-ViT model is a one-line error before any work
+        if self.spec.feature != "embedding" and tower.prefix == 0:
+            raise ConfigError(
+                f"feature '{self.spec.feature}' repels the class token, and this tower "
+                f"({type(tower).__name__}) has none: use feature: embedding"
+            )
         spec, seed, base = self.spec, ctx.recipe.seed, ctx.model
         fingerprint = model_fingerprint(base)
         key = cache_key(self.kind, fingerprint, spec.key(), seed)

@@ -1,0 +1,101 @@
+"""One tower interface across families: explicit forwards equal each family's own, prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from open_clip import CLIP
+
+from clip_backdoor.errors import ConfigError
+from clip_backdoor.models import PixelCLIP, load_clip
+from clip_backdoor.models.image_tower import SITES, ImageTower
+from clip_backdoor.models.visual_prompts import PromptedCLIP, VisualPrompts
+
+TOWERS = {  # tiny model -> (tower class, tokens before the prompts)
+    "tiny-vit": ("ImageTower", 1),
+    "tiny-vit-quickgelu": ("ImageTower", 1),
+    "tiny-siglip": ("TimmViTTower", 0),
+    "tiny-siglip2": ("TimmViTTower", 0),
+    "tiny-eva02": ("EvaTower", 1),
+    "tiny-pe-core": ("EvaTower", 1),
+    "tiny-hf-clip": ("TransformersViTTower", 1),
+    "tiny-hf-siglip": ("TransformersViTTower", 0),
+}
+NO_HEADS = {"EvaTower"}  # EVA02's attention norms its heads' mix before the projection
+
+
+@pytest.mark.parametrize("name", list(TOWERS))
+def test_the_explicit_forward_equals_the_familys_own(name):
+    torch.manual_seed(0)
+    model = load_clip(name).model
+    tower = ImageTower.of(model)
+    kind, prefix = TOWERS[name]
+    assert (type(tower).__name__, tower.prefix) == (kind, prefix)
+    images = model.normalize(torch.rand(2, 3, model.image_size, model.image_size))
+    sites = [s for s in SITES if kind not in NO_HEADS or s not in ("attn_heads", "attn_weights")]
+    seen: dict[str, int] = {}
+
+    def count(layer: int, site: str, value: torch.Tensor) -> None:
+        seen[site] = seen.get(site, 0) + 1
+
+    with torch.no_grad():
+        own = model.clip.encode_image(images)
+        torch.testing.assert_close(tower.forward(images), own, atol=1e-5, rtol=0)
+        hooked = tower.forward(images, hook=count, sites=sites)
+        torch.testing.assert_close(hooked, own, atol=1e-5, rtol=0)
+        assert seen == {site: tower.layers for site in sites}  # every block, every site
+        prompted = tower.forward(images, torch.randn(tower.layers, 3, tower.width))
+    assert prompted.shape == own.shape and not torch.equal(prompted, own)
+
+
+def test_each_heads_outputs_sum_to_its_attention_branch():
+    for name in ("tiny-siglip", "tiny-hf-clip"):
+        model = load_clip(name).model
+        tower = ImageTower.of(model)
+        images = model.normalize(torch.rand(2, 3, model.image_size, model.image_size))
+        parts: dict[int, torch.Tensor] = {}
+        branches: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int, site: str, value: torch.Tensor, parts=parts, branches=branches):
+            (parts if site == "attn_heads" else branches)[layer] = value
+
+        with torch.no_grad():
+            tower.forward(images, hook=keep, sites=("attn_heads", "attn"))
+        for layer, heads in parts.items():
+            assert heads.shape[2] == tower.heads
+            # the branch adds the projection's bias to the heads' sum (and LayerScale, if any)
+            bias = branches[layer] - heads.sum(dim=2)
+            assert bias.std(dim=(0, 1)).max() < 1e-5, name
+
+
+def test_prompts_may_outnumber_the_patches_as_rvpt_on_vit_b_32():
+    """RVPT's 50 tokens on ViT-B/32's 49 patches: a tower of 7x7 patches takes 50 prompts."""
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 56,
+            "patch_size": 8,
+            "width": 32,
+            "layers": 2,
+            "head_width": 16,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
+    torch.manual_seed(0)
+    model = PixelCLIP(CLIP(**cfg), cfg)
+    tower = ImageTower.of(model)
+    assert tower.num_patches == 49
+    prompts = VisualPrompts(tower, length=50, first=1, blocks=1)
+    with torch.no_grad():
+        out = PromptedCLIP(model, prompts).encode_image(torch.rand(2, 3, 56, 56))
+    assert out.shape == (2, 32) and torch.isfinite(out).all()
+
+
+def test_towers_that_do_not_apply_say_so_in_one_line():
+    for name, reason in (("tiny-rn", "not an open_clip ViT"), ("tiny-convnext", "not an")):
+        with pytest.raises(ConfigError, match=reason):
+            ImageTower.of(load_clip(name).model)
+    from clip_backdoor.analysis.decomposition import decomposable_tower
+
+    with pytest.raises(ConfigError, match="does not reach TimmViTTower towers yet"):
+        decomposable_tower(load_clip("tiny-siglip").model)
