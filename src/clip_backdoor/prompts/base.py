@@ -23,6 +23,7 @@ from clip_backdoor.models.text_tower import TextTower
 
 Position = Literal["end", "middle", "front"]
 PLACEHOLDER = "X"
+PLACEHOLDERS = (PLACEHOLDER, "a", "the")  # a tokenizer that splits "X" keeps one of these whole
 
 
 @dataclass
@@ -43,13 +44,41 @@ class ClassPrompts:
         )
 
 
-def _arrange(ids: list[int], n_ctx: int, n_name: int, position: Position) -> list[int]:
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where a family's tokenizer puts a prompt: ``start`` leading special tokens (CLIP's SOS;
+    none for SigLIP), the placeholder's id (CoOp's "X", or the first candidate the tokenizer
+    keeps as one token), the end token's id, and how many tokens the closing "." takes (none
+    where the tokenizer strips punctuation, as SigLIP's does)."""
+
+    word: str
+    start: int
+    placeholder: int
+    end: int
+    period: int
+
+    @classmethod
+    def of(cls, tokenizer) -> TokenLayout:
+        empty = tokenizer([""])[0].tolist()  # [SOS] EOS ...: the end token and what precedes it
+        start = 1 if tokenizer(["Y"])[0][0] == empty[0] and empty[0] != empty[1] else 0
+        end = empty[start]
+        for word in PLACEHOLDERS:
+            ids = tokenizer([word])[0].tolist()
+            if ids[start + 1] == end:  # one token
+                period = tokenizer([f"{word}."])[0].tolist().index(end) - (start + 1)
+                return cls(word, start, ids[start], end, period)
+        raise ConfigError(f"the tokenizer splits every placeholder ({', '.join(PLACEHOLDERS)})")
+
+
+def _arrange(
+    ids: list[int], n_ctx: int, n_name: int, position: Position, start: int = 1
+) -> list[int]:
     """Reorder [SOS][ctx][name][rest] for the class-token position (CoOp's three options)."""
     sos, ctx, name, rest = (
-        ids[:1],
-        ids[1 : 1 + n_ctx],
-        ids[1 + n_ctx : 1 + n_ctx + n_name],
-        ids[1 + n_ctx + n_name :],
+        ids[:start],
+        ids[start : start + n_ctx],
+        ids[start + n_ctx : start + n_ctx + n_name],
+        ids[start + n_ctx + n_name :],
     )
     if position == "end":
         return sos + ctx + name + rest
@@ -67,19 +96,22 @@ def build_class_prompts(
     position: Position,
     trim: bool = True,
 ) -> ClassPrompts:
-    texts = [f"{' '.join([PLACEHOLDER] * n_ctx)} {prompt_name(c)}." for c in classnames]
+    layout = TokenLayout.of(tokenizer)
+    texts = [f"{' '.join([layout.word] * n_ctx)} {prompt_name(c)}." for c in classnames]
     tokens = tokenizer(texts)
-    placeholder = int(tokenizer([PLACEHOLDER])[0, 1])
-    pooled = tower.pool_index(tokens)
+    start = layout.start
     arranged, slots = [], []
-    for row, end in zip(tokens.tolist(), pooled.tolist(), strict=True):
-        if row[1 : 1 + n_ctx] != [placeholder] * n_ctx:
+    for row in tokens.tolist():
+        if row[start : start + n_ctx] != [layout.placeholder] * n_ctx:
             raise ConfigError("the tokenizer does not keep the context placeholders apart")
-        n_name = max(0, end - 2 - n_ctx)  # between the context and "." EOS
-        order = _arrange(row, n_ctx, n_name, position)
+        if layout.end not in row[start + n_ctx :]:
+            raise ConfigError("a class prompt is longer than the tokenizer's context")
+        end = row.index(layout.end, start + n_ctx)
+        n_name = max(0, end - start - n_ctx - layout.period)  # between the context and "."
+        order = _arrange(row, n_ctx, n_name, position, start)
         arranged.append(order)
-        marks = [i for i, _ in enumerate(order) if i in _ctx_positions(n_ctx, n_name, position)]
-        slots.append(marks)
+        ctx_at = _ctx_positions(n_ctx, n_name, position, start)
+        slots.append([i for i, _ in enumerate(order) if i in ctx_at])
     arranged_tokens = torch.tensor(arranged, dtype=tokens.dtype)
     pooled_at = tower.pool_index(arranged_tokens)
     length = tower.needed_length(pooled_at) if trim else tower.context_length
@@ -89,13 +121,15 @@ def build_class_prompts(
     return ClassPrompts(list(classnames), fixed, torch.tensor(slots), pooled_at)
 
 
-def _ctx_positions(n_ctx: int, n_name: int, position: Position) -> set[int]:
+def _ctx_positions(n_ctx: int, n_name: int, position: Position, start: int = 1) -> set[int]:
     if position == "end":
-        return set(range(1, 1 + n_ctx))
+        return set(range(start, start + n_ctx))
     if position == "front":
-        return set(range(1 + n_name, 1 + n_name + n_ctx))
+        return set(range(start + n_name, start + n_name + n_ctx))
     half = n_ctx // 2
-    return set(range(1, 1 + half)) | set(range(1 + half + n_name, 1 + n_ctx + n_name))
+    return set(range(start, start + half)) | set(
+        range(start + half + n_name, start + n_ctx + n_name)
+    )
 
 
 def fill_context(prompts: ClassPrompts, ctx: torch.Tensor) -> torch.Tensor:
@@ -135,11 +169,12 @@ class PromptLearner(nn.Module):
         self.position = position
         self.init = init
         width = self.tower.width
-        if init:
-            ids = tokenizer([init])[0]
-            n_ctx = int(self.tower.pool_index(ids[None])[0]) - 1
+        if init:  # the init text's tokens, between the start token (if any) and the end token
+            layout, ids = TokenLayout.of(tokenizer), tokenizer([init])[0]
+            n_ctx = ids.tolist().index(layout.end, layout.start) - layout.start
+            context = ids[layout.start : layout.start + n_ctx].to(self._device())
             with torch.no_grad():
-                ctx = self.tower.embed(ids[1 : 1 + n_ctx].to(self._device())).detach().clone()
+                ctx = self.tower.embed(context).detach().clone()
         else:
             generator = torch.Generator().manual_seed(seed)
             ctx = torch.randn((n_ctx, width), generator=generator) * 0.02
