@@ -99,3 +99,20 @@ def test_towers_that_do_not_apply_say_so_in_one_line():
 
     with pytest.raises(ConfigError, match="does not reach TimmViTTower towers yet"):
         decomposable_tower(load_clip("tiny-siglip").model)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-siglip", "tiny-hf-clip", "tiny-hf-siglip"])
+def test_the_text_tower_fed_embeddings_equals_the_familys_own(name):
+    from clip_backdoor.models.text_tower import TextTower
+    from clip_backdoor.prompts.base import TokenLayout
+
+    torch.manual_seed(0)
+    loaded = load_clip(name)
+    tower = TextTower.of(loaded.model.clip)
+    tokens = loaded.tokenizer(["a photo of a dog.", "two red circles"])
+    with torch.no_grad():
+        own = loaded.model.clip.encode_text(tokens)
+        torch.testing.assert_close(tower.encode_tokens(tokens), own, atol=1e-5, rtol=0)
+    layout = TokenLayout.of(loaded.tokenizer)  # CLIP: a start token and "." kept; SigLIP: none
+    siglip = "siglip" in name
+    assert (layout.start, layout.period) == ((0, 0) if siglip else (1, 1))

@@ -129,6 +129,8 @@ def encode_text_trimmed(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         tower = TextTower.of(clip)
     except ConfigError:
         return clip.encode_text(tokens)
+    if type(tower) is not TextTower:  # transformers' towers: their own forward
+        return clip.encode_text(tokens)
     exact = tower.causal and tower.pool_type in ("argmax", "eos")
     if not exact or tokens.shape[1] != tower.context_length:
         return clip.encode_text(tokens)

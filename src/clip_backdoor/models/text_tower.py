@@ -29,6 +29,13 @@ class TextTower:
         if hasattr(clip, "token_embedding"):
             return cls(clip, getattr(clip, "text_pool_type", "argmax"), _eos(clip, "text_eos_id"))
         text = getattr(clip, "text", None)
+        from clip_backdoor.models.transformers_text import (
+            TransformersTextTower,
+            is_transformers_text,
+        )
+
+        if is_transformers_text(text):
+            return TransformersTextTower.of_transformers(text)
         if text is not None and hasattr(text, "token_embedding"):
             if getattr(text, "cls_emb", None) is not None:
                 raise ConfigError("text towers with an appended CLS token (CoCa) are unsupported")
@@ -41,6 +48,10 @@ class TextTower:
     @property
     def width(self) -> int:
         return int(self.module.token_embedding.weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
 
     @property
     def context_length(self) -> int:

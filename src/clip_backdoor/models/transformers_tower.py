@@ -84,14 +84,18 @@ class TransformersViTTower(ImageTower):
         return _call(hook, layer, "resid_post", x, sites)
 
 
-def transformers_head_outputs(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-head outputs (B, T, H, d) through ``out_proj``, and the weights (B, H, T, T)."""
+def transformers_head_outputs(
+    attn: nn.Module, h: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Per-head outputs (B, T, H, d) through ``out_proj``, and the weights (B, H, T, T);
+    ``mask`` (T, T) is added to the scores (the text towers' causal mask)."""
     batch, length, width = h.shape
     heads, size = attn.num_heads, attn.head_dim
     q = attn.q_proj(h).view(batch, length, heads, size)
     k = attn.k_proj(h).view(batch, length, heads, size)
     v = attn.v_proj(h).view(batch, length, heads, size)
-    weights = (torch.einsum("bqhe,bkhe->bhqk", q, k) * attn.scale).softmax(dim=-1)
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * attn.scale
+    weights = (scores if mask is None else scores + mask).softmax(dim=-1)
     mixed = torch.einsum("bhqk,bkhe->bqhe", weights, v)
     out = attn.out_proj.weight.view(width, heads, size).to(mixed.dtype)
     return torch.einsum("bqhe,dhe->bqhd", mixed, out), weights

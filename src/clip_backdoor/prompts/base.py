@@ -115,7 +115,7 @@ def build_class_prompts(
     arranged_tokens = torch.tensor(arranged, dtype=tokens.dtype)
     pooled_at = tower.pool_index(arranged_tokens)
     length = tower.needed_length(pooled_at) if trim else tower.context_length
-    device = tower.module.token_embedding.weight.device
+    device = tower.device
     with torch.no_grad():
         fixed = tower.embed(arranged_tokens[:, :length].to(device)).detach()
     return ClassPrompts(list(classnames), fixed, torch.tensor(slots), pooled_at)
@@ -187,7 +187,7 @@ class PromptLearner(nn.Module):
         self.trim = True  # run the text tower only up to the longest prompt (exact; see base)
 
     def _device(self) -> torch.device:
-        return self.tower.module.token_embedding.weight.device
+        return self.tower.device
 
     @property
     def config(self) -> dict:
