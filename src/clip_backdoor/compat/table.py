@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clip_backdoor.compat.methods import ENCODE_LEVEL, METHODS, NEXT_ISSUE, Method, applies
+from clip_backdoor.compat.methods import ENCODE_LEVEL, METHODS, Method, applies
 from clip_backdoor.compat.recipe import family_recipe, matrix_recipe, stage_of, tower_recipe
 from clip_backdoor.errors import first_line
 from clip_backdoor.models.families import FAMILIES
@@ -45,8 +45,8 @@ def stage_key(method: Method) -> str | None:
 
 def run_family(tiny: str, runs_root: str | Path, progress: bool = False) -> FamilyRun:
     """Every encode-level method that applies on ``tiny`` (one recipe) and the report of that
-    run; then each tower-level method that applies, in a recipe of its own (one that fails
-    there is the next issue's, and must not hide the others)."""
+    run; then each tower-level method that applies, in a recipe of its own (so that one that
+    fails does not hide the others)."""
     from clip_backdoor.models import load_clip
 
     model = load_clip(tiny).model
@@ -78,7 +78,7 @@ def run_family(tiny: str, runs_root: str | Path, progress: bool = False) -> Fami
         else:
             label = f"compat-{tiny}-{stage_of(method)['label']}"
             tower, error = _run(tower_recipe(tiny, method, str(runs_root), label), progress)
-            result.cells[method.name] = "runs" if tower is not None else f"{NEXT_ISSUE}: {error}"
+            result.cells[method.name] = "runs" if tower is not None else f"fails: {error}"
     result.seconds = time.perf_counter() - started
     return result
 
