@@ -20,8 +20,9 @@ demo: $(STAMP)
 	$(BIN)/clip-backdoor run recipes/demo_scan_clean.yaml
 	$(BIN)/clip-backdoor run recipes/demo_scan.yaml
 
+# two workers, one core each (tests/conftest.py): 20% faster than one process of two threads
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
 compat: $(STAMP)
 	$(BIN)/clip-backdoor compat

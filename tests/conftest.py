@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,16 @@ from PIL import Image
 import clip_backdoor  # noqa: F401  (installs the torchvision shim first)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def pytest_configure(config):
+    """Under ``pytest -n 2`` (``make test``) each worker, and what it starts, takes one core:
+    two workers of two threads each on two cores run the suite slower than one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the processes the tests start
 
 
 @pytest.fixture(autouse=True)

@@ -47,7 +47,8 @@ def test_info_names_the_family_objective_and_what_applies(capsys):
     assert info["objective"] == "sigmoid" and info["logit_bias"] is not None
     assert info["normalisation"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert info["methods"]["strip"] == "applies"
-    assert info["methods"]["vpt"].startswith("next issue")
+    assert info["methods"]["vpt"] == "applies"  # the HF vision tower takes prompts
+    assert info["methods"]["decomp_rep"].startswith("next issue")
     assert main(["info", "tiny-rn"]) == 0
     text = capsys.readouterr().out
     assert "family          RN50" in text and "objective       infonce" in text

@@ -42,6 +42,13 @@ class BadEncoderSpec(Strict):
         default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
     )
     shadow: int = Field(2000, gt=0, description="shadow images (non-target) drawn from the data")
+    references: int | None = Field(
+        None,
+        gt=0,
+        description="reference images of the target drawn from the data (the reference code "
+        "uses one); None: every one. Each goes through the tower twice a step, so a full-size "
+        "tower at 224+ px needs a handful, not a class's worth",
+    )
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-4, gt=0, description="SGD lr; not pinned down for CLIP (METHODS.md 8)")
@@ -93,7 +100,16 @@ class BadEncoder:
             generator = torch.Generator().manual_seed(seed)
             pick = torch.randperm(len(others), generator=generator)[: spec.shadow]
             shadow = torch.stack([data.plain_image(others[i]) for i in pick])
-            refs = torch.stack([data.plain_image(i) for i in references])
+            chosen = references
+            if spec.references is not None:
+                if spec.references > len(references):
+                    raise ConfigError(
+                        f"{spec.references} reference images asked, "
+                        f"'{target}' has {len(references)} in the data"
+                    )
+                drawn = torch.randperm(len(references), generator=generator)
+                chosen = [references[i] for i in drawn[: spec.references]]
+            refs = torch.stack([data.plain_image(i) for i in chosen])
             history = self._train(ctx, model, shadow, refs, trigger, generator)
             info = {
                 "attack": "badencoder",
@@ -102,7 +118,7 @@ class BadEncoder:
                 "trigger": "badencoder",
                 "poisoned_pairs": 0,
                 "shadow_images": spec.shadow,
-                "reference_images": len(references),
+                "reference_images": len(chosen),
                 "loss_per_epoch": history,
             }
             return model, trigger, target, info, None

@@ -67,6 +67,7 @@ STAGE_PARAMS = {
         "target": TARGET,
         "data": [TRAIN],
         "shadow": 16,
+        "references": 4,  # a full-size tower at 256 px with a class's worth runs out of 24 GB
         "epochs": 1,
         "batch_size": 8,
         "precision": "fp32",
