@@ -90,7 +90,65 @@ def test_shipped_recipes_validate():
             continue
         is_pretrain = "training" in data
         (load_pretrain_recipe if is_pretrain else load_recipe)(path)
+        if "smoke" in data:  # and its smoke, as `run --smoke` builds it
+            from clip_backdoor.recipes import parse_recipe
+            from clip_backdoor.smoke import smoke_version
+
+            smoke = parse_recipe(smoke_version(data, str(path), cuda=False), str(path))
+            assert smoke.device == "cpu" and smoke.model.pretrained is None
     assert sorted(matrices) == ["matrix.yaml", "matrix_mini.yaml"]  # v2's: `from: matrix_mini`
+    papers = {p.parent.name for p in recipes if "papers" in p.parts}
+    assert papers == {"bai", "liang", "rvpt", "he"}
+
+
+def test_smoke_runs_the_recipes_stages_shortened_and_refuses_a_recipe_without_one(tmp_path, capsys):
+    """`run --smoke`: the recipe's own smoke section replaces its keys and its stages' params;
+    the weights are left untrained; a recipe with no smoke section is one line, exit 2."""
+    recipe = {
+        "name": "paper_like",
+        "device": "cuda",
+        "runs_root": str(tmp_path / "runs"),
+        "model": {"name": "tiny-vit", "pretrained": "nonexistent-tag"},
+        "data": [{"name": "caltech101", "split": "test"}],
+        "evaluation": {"templates": "simple", "quality": False},
+        "stages": [
+            {
+                "kind": "defense",
+                "method": "ft",
+                "label": "ft",
+                "params": {
+                    "data": [{"name": "caltech101"}],
+                    "fraction": 0.2,
+                    "training": {"epochs": 5, "batch_size": 64, "lr": 1e-5},
+                },
+            }
+        ],
+        "smoke": {
+            "data": [{"name": "synthetic", "split": "test", "size": 16}],
+            "stages": {
+                "ft": {
+                    "data": [{"name": "synthetic", "size": 32}],
+                    "fraction": 0.5,
+                    "training": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+                }
+            },
+        },
+    }
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--smoke"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["name"] == "paper_like_smoke" and config["model"]["pretrained"] is None
+    assert config["device"] == "cpu"  # no CUDA here
+    assert config["stages"][0]["params"]["training"]["epochs"] == 1
+    assert config["stages"][0]["params"]["training"]["lr"] == 1e-5  # the paper's, kept
+    capsys.readouterr()
+    del recipe["smoke"]
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no 'smoke' section" in err and len(err.splitlines()) == 1
 
 
 def test_run_takes_a_matrix_written_as_from_another(capsys):

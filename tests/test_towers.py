@@ -21,7 +21,7 @@ TOWERS = {  # tiny model -> (tower class, tokens before the prompts)
     "tiny-hf-clip": ("TransformersViTTower", 1),
     "tiny-hf-siglip": ("TransformersViTTower", 0),
 }
-NO_HEADS = {"EvaTower"}  # EVA02's attention norms its heads' mix before the projection
+NO_VALUES = {"tiny-eva02"}  # EVA02's attention norms its heads' mix: no per-source values
 
 
 @pytest.mark.parametrize("name", list(TOWERS))
@@ -32,7 +32,7 @@ def test_the_explicit_forward_equals_the_familys_own(name):
     kind, prefix = TOWERS[name]
     assert (type(tower).__name__, tower.prefix) == (kind, prefix)
     images = model.normalize(torch.rand(2, 3, model.image_size, model.image_size))
-    sites = [s for s in SITES if kind not in NO_HEADS or s not in ("attn_heads", "attn_weights")]
+    sites = [s for s in SITES if name not in NO_VALUES or s != "attn_values"]
     seen: dict[str, int] = {}
 
     def count(layer: int, site: str, value: torch.Tensor) -> None:
@@ -49,7 +49,7 @@ def test_the_explicit_forward_equals_the_familys_own(name):
 
 
 def test_each_heads_outputs_sum_to_its_attention_branch():
-    for name in ("tiny-siglip", "tiny-hf-clip"):
+    for name in ("tiny-siglip", "tiny-hf-clip", "tiny-eva02", "tiny-pe-core"):
         model = load_clip(name).model
         tower = ImageTower.of(model)
         images = model.normalize(torch.rand(2, 3, model.image_size, model.image_size))
@@ -63,9 +63,11 @@ def test_each_heads_outputs_sum_to_its_attention_branch():
             tower.forward(images, hook=keep, sites=("attn_heads", "attn"))
         for layer, heads in parts.items():
             assert heads.shape[2] == tower.heads
-            # the branch adds the projection's bias to the heads' sum (and LayerScale, if any)
-            bias = branches[layer] - heads.sum(dim=2)
-            assert bias.std(dim=(0, 1)).max() < 1e-5, name
+            # the branch adds a constant to the heads' sum (the projection's bias; EVA02: and
+            # the projection of its inner norm's bias), then LayerScale if any
+            block = tower.blocks[layer]
+            branch = tower.attn_scale(block, heads.sum(dim=2) + tower.attn_bias(block))
+            torch.testing.assert_close(branch, branches[layer], atol=1e-5, rtol=0)
 
 
 def test_prompts_may_outnumber_the_patches_as_rvpt_on_vit_b_32():
@@ -95,10 +97,36 @@ def test_towers_that_do_not_apply_say_so_in_one_line():
     for name, reason in (("tiny-rn", "not an open_clip ViT"), ("tiny-convnext", "not an")):
         with pytest.raises(ConfigError, match=reason):
             ImageTower.of(load_clip(name).model)
-    from clip_backdoor.analysis.decomposition import decomposable_tower
+    from clip_backdoor.analysis.decomposition import decompose
 
-    with pytest.raises(ConfigError, match="does not reach TimmViTTower towers yet"):
-        decomposable_tower(load_clip("tiny-siglip").model)
+    images = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match="needs a class-token readout; TimmViTTower's attention"):
+        decompose(load_clip("tiny-siglip").model, images, token_layers=[0])
+    with pytest.raises(ConfigError, match="not available on EvaTower towers"):
+        decompose(load_clip("tiny-eva02").model, images, token_layers=[0])
+
+
+@pytest.mark.parametrize("name", list(TOWERS))
+def test_the_decomposition_sums_to_the_embedding_on_every_family(name):
+    """Class token or attention pool, plain heads or EVA02's normed ones: the parts (and the
+    pool's own) sum to the normalised embedding, in both centrings."""
+    from clip_backdoor.analysis.decomposition import decompose
+
+    torch.manual_seed(0)
+    model = load_clip(name).model.eval()
+    tower = ImageTower.of(model)
+    images = torch.rand(3, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        reference = model.encode_image(images)
+    pooled = TOWERS[name][1] == 0 or name == "tiny-pe-core"  # an attention pool reads the tokens
+    tokens = [] if pooled or name in NO_VALUES else [0, tower.layers - 1]
+    for centring in ("textspan", "component"):
+        parts = decompose(model, images, token_layers=tokens, centring=centring)
+        torch.testing.assert_close(parts.total(), reference, atol=1e-4, rtol=0)
+        assert parts.heads.shape == (3, tower.layers, tower.heads, reference.shape[-1])
+        assert (parts.pool is not None) == pooled  # the pool's biases and MLP: its own part
+        for layer, split in parts.tokens.items():  # source tokens sum to their head's term
+            torch.testing.assert_close(split.sum(dim=1), parts.heads[:, layer], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-siglip", "tiny-hf-clip", "tiny-hf-siglip"])

@@ -63,12 +63,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     # resolved first, so a matrix written as ``from: OTHER_MATRIX`` plus overrides is one too
     data = included_recipe(read_yaml(args.recipe), str(args.recipe))
     if is_matrix(data):
+        if args.smoke:
+            raise UserError("--smoke applies to single recipes; a matrix's cells have none")
         return _run_matrix(args, data)
     if args.launcher or args.cells or args.status:
         raise UserError(
             "--launcher, --cells and --status apply to matrix recipes (kind: matrix) only"
         )
-    recipe = load_recipe(args.recipe)
+    if args.smoke:
+        import torch
+
+        from clip_backdoor.recipes import parse_recipe
+        from clip_backdoor.smoke import smoke_version
+
+        data = smoke_version(data, str(args.recipe), torch.cuda.is_available())
+        recipe = parse_recipe(data, str(args.recipe))
+    else:
+        recipe = load_recipe(args.recipe)
     if args.runs_root:
         recipe.runs_root = args.runs_root
     if args.seed is not None:
@@ -295,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="matrix recipes: say which cells of each attack and seed are done and which a "
         "call would run (missing, or stale: their recipe changed), and about how long they take "
         "at the pace of the finished cells; runs nothing",
+    )
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run the recipe's smoke instead: the same stages on the same architecture, "
+        "untrained, shortened as its 'smoke:' section says (recipes/papers/); on the CPU where "
+        "there is no CUDA",
     )
     run.set_defaults(func=cmd_run)
 

@@ -97,6 +97,11 @@ class Recipe(RunSpec):
     )
     stages: list[StageSpec] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    smoke: dict[str, Any] | None = Field(
+        None,
+        description="what `run --smoke` replaces: keys of this recipe (mappings key by key), "
+        "and `stages: {LABEL: params}` for the stages' params (clip_backdoor/smoke.py)",
+    )
 
 
 STAGE_REGISTRY = {

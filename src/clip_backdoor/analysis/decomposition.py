@@ -1,16 +1,23 @@
 """Exact decomposition of a ViT image embedding into heads, MLPs and the direct path (METHODS 5.1).
 
-The CLS token's final residual stream is the direct path r_0 (after ln_pre) plus every block's
-attention output and MLP output. Each attention output splits exactly into its heads (and each
-head into its source tokens); the final LayerNorm and projection are distributed over the parts
-TextSpan's way, so the parts sum to the normalised embedding that zero-shot classification uses:
+The last block's residual stream is the direct path r_0 (the first block's input) plus every
+block's attention output and MLP output. Each attention output splits exactly into its heads
+(and, under a class-token readout, each head into its source tokens); the tower's readout (final
+LayerNorm, pooling, linear head; ``models.readout``) is distributed over the parts TextSpan's
+way, so the parts sum to the normalised embedding that zero-shot classification uses:
 
-    c_hat = [gamma * (c - mu / (K q)) / sigma + beta / (K q)] @ P / ||e||
+    c_hat = head(pool([gamma * (c - mu / (K q)) / sigma + beta / (K q)])) / ||e||
 
 with K = 2L + 1 intermediates (r_0, L attention layers, L MLPs), q the number of cells an
 intermediate is split into (heads H, or tokens x heads N H), mu and sigma the LayerNorm's mean and
-standard deviation of r_L. ``centring="component"`` instead centres each part by its own feature
-mean (equally exact; cleaner for mean replacement, but not He et al.'s scale).
+standard deviation of each token of r_L. ``centring="component"`` instead centres each part by its
+own feature mean (equally exact; cleaner for mean replacement, but not He et al.'s scale).
+
+The pool: the class token (open_clip ViT, EVA02, transformers CLIP), or an attention pool read
+at its own weights (SigLIP, SigLIP2, PE-Core, transformers SigLIP): each part of every token goes
+through each pool head's value and output projections, weighted by that head's attention to the
+token; the pool's biases, its MLP term and the head's bias are the ``pool`` part (the MLP reads
+the pooled vector whole, so it is the pool's own, as each block's MLP is the block's).
 
 Why here and not in the reference's way: one batch at a time, nothing kept across batches (the
 reference stacks every layer of every image: ~30 GB for ImageNet); callers reduce on the fly.
@@ -23,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clip_backdoor.errors import ConfigError
@@ -36,39 +42,24 @@ Centring = Literal["textspan", "component"]
 class Decomposition:
     """Parts of the normalised embeddings of a batch; ``total()`` is ``encode_image``'s output."""
 
-    direct: torch.Tensor  # (B, D): the CLS token after ln_pre
+    direct: torch.Tensor  # (B, D): the first block's input
     heads: torch.Tensor  # (B, L, H, D): each head of each layer, summed over source tokens
     mlps: torch.Tensor  # (B, L, D)
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, N, H, D)
+    pool: torch.Tensor | None = None  # (B, D): what the readout adds itself (attention pools)
 
     def layers(self) -> torch.Tensor:
         """(B, L, D): each attention layer's term (its heads summed)."""
         return self.heads.sum(dim=2)
 
     def total(self) -> torch.Tensor:
-        return self.direct + self.heads.sum(dim=(1, 2)) + self.mlps.sum(dim=1)
+        total = self.direct + self.heads.sum(dim=(1, 2)) + self.mlps.sum(dim=1)
+        return total if self.pool is None else total + self.pool
 
 
 def check_decomposable(tower: ImageTower) -> None:
-    """A one-line error for what the exact decomposition cannot express."""
-    if type(tower) is not ImageTower:  # timm's towers end in an attention-pool head
-        raise ConfigError(
-            f"the decomposition does not reach {type(tower).__name__} towers yet (their "
-            "attention-pool head is not a sum of per-token parts)"
-        )
-    visual = tower.visual
-    if getattr(visual, "pool_type", "tok") != "tok":
-        raise ConfigError(f"pool type '{visual.pool_type}' is not decomposable (only CLS pooling)")
-    dropout = getattr(visual, "patch_dropout", None)
-    if getattr(dropout, "training", False) and getattr(dropout, "prob", 0.0) > 0:
-        raise ConfigError("patch dropout in train mode drops tokens at random: call model.eval()")
-    for layer, block in enumerate(tower.blocks):
-        attn = block.attn
-        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-            raise ConfigError(f"block {layer}: attention {type(attn).__name__} is unsupported")
-        for scale in (block.ls_1, block.ls_2):  # Identity, or open_clip's elementwise LayerScale
-            if not isinstance(scale, nn.Identity) and not hasattr(scale, "gamma"):
-                raise ConfigError(f"block {layer}: layer scale {type(scale).__name__} unsupported")
+    """A one-line error for what the exact decomposition cannot express, before any work."""
+    tower.check_decomposable()
 
 
 def decomposable_tower(model: nn.Module) -> ImageTower:
@@ -78,22 +69,44 @@ def decomposable_tower(model: nn.Module) -> ImageTower:
     return tower
 
 
-def _scale(block: nn.Module, value: torch.Tensor) -> torch.Tensor:
-    """LayerScale is elementwise and linear, so it applies to every part of the branch."""
-    return block.ls_1(value)
+class _Projector:
+    """Distributes the tower's readout over parts of the last block's residual stream."""
 
+    def __init__(self, tower: ImageTower, final: torch.Tensor, count: int, centring: Centring):
+        self.readout = readout = tower.readout(final)
+        self.count, self.centring = count, centring
+        ln = readout.norm
+        read = final if readout.index is None else final[:, readout.index]
+        self.mu = read.mean(dim=-1)
+        self.sigma = (read.var(dim=-1, unbiased=False) + ln.eps).sqrt()
+        self.gamma = ln.weight.float() if ln.weight is not None else torch.ones_like(read[0, 0])
+        self.beta = ln.bias.float() if ln.bias is not None else torch.zeros_like(read[0, 0])
+        self.norm = tower.pool(final).norm(dim=-1)
 
-def _token_terms(block: nn.Module, u: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, N, H, d): A^h_{0n} W_O^h v_n^h per source token n and head h (value bias included)."""
-    attn = block.attn
-    batch, length, width = u.shape
-    heads = attn.num_heads
-    w_v = attn.in_proj_weight[2 * width :]
-    b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-    v = F.linear(u, w_v, b_v).view(batch, length, heads, -1)
-    mixed = weights[:, :, 0, :].transpose(1, 2).unsqueeze(-1) * v  # (B, N, H, d_h)
-    out = attn.out_proj.weight.view(width, heads, -1)
-    return torch.einsum("bnhe,dhe->bnhd", mixed, out)
+    def __call__(self, c: torch.Tensor, cells: int, at_readout: bool = False) -> torch.Tensor:
+        """c: (B, T, *cells, d) at every token, or (``at_readout``) (B, *cells, d) already at
+        the class token a class-token readout reads -> (B, *cells, D) on the unit-norm scale."""
+        readout = self.readout
+        if readout.index is not None and not at_readout:
+            c = c[:, readout.index]
+        share = self.count * cells
+        shape = self.mu.shape + (1,) * (c.dim() - self.mu.dim())
+        mu, sigma = self.mu.view(shape), self.sigma.view(shape)
+        centre = c.mean(dim=-1, keepdim=True) if self.centring == "component" else mu / share
+        normed = self.gamma * (c - centre) / sigma + self.beta / share
+        if readout.index is None:  # pool: weight the tokens per pool head, then its projections
+            pooled = torch.einsum("bgt,bt...d->bg...d", readout.weights.float(), normed)
+            if readout.values is None:
+                pooled = pooled.sum(dim=1)
+            else:
+                pooled = torch.einsum("bg...d,gpd->b...p", pooled, readout.values.float())
+        else:
+            pooled = normed
+        out = readout.head_of(pooled)
+        return out / self.norm.view((-1,) + (1,) * (out.dim() - 1))
+
+    def pool_part(self, like: torch.Tensor) -> torch.Tensor:
+        return self.readout.pool_part(like.float()) / self.norm[:, None]
 
 
 @torch.no_grad()
@@ -106,12 +119,12 @@ def decompose(
     """Decompose the embeddings of ``images`` (pixels in [0, 1] at model resolution).
 
     ``token_layers``: layers whose heads are also split by source token (memory B x N x H x D
-    each, so only on request).
+    each, so only on request; class-token readouts only). Two passes: the plain forward gives
+    the readout's statistics, the hooked one the parts, each reduced as soon as it is seen.
     """
     if getattr(model, "visual_prompts", None) is not None:
         raise ConfigError("a tower with visual prompts is not decomposable (decompose its base)")
-    tower = ImageTower.of(model)
-    check_decomposable(tower)
+    tower = decomposable_tower(model)
     if centring not in ("textspan", "component"):
         raise ConfigError(f"centring must be 'textspan' or 'component', got '{centring}'")
     layers = tower.layers
@@ -119,72 +132,57 @@ def decompose(
         if not 0 <= layer < layers:
             raise ConfigError(f"token layer {layer} is outside a tower of {layers} blocks")
     normalize = getattr(model, "normalize", None)
-    x = normalize(images) if normalize is not None else images
+    x = (normalize(images) if normalize is not None else images).float()
     blocks = tower.blocks
-    direct: list[torch.Tensor] = []
-    heads: list[torch.Tensor] = [None] * layers  # type: ignore[list-item]
-    mlps: list[torch.Tensor] = [None] * layers  # type: ignore[list-item]
-    tokens: dict[int, torch.Tensor] = {}
-    final: list[torch.Tensor] = []
-
-    def hook(layer: int, site: str, value: torch.Tensor) -> None:
-        block = blocks[layer]
-        if site == "resid_pre":
-            if layer == 0:
-                direct.append(value[:, 0].float())
-            if layer in token_layers:
-                tokens[layer] = block.ln_1(value).float()  # u, the heads' input
-        elif site == "attn_weights" and layer in token_layers:
-            terms = _token_terms(block, tokens[layer], value.float())
-            bias = block.attn.out_proj.bias.float() / (terms.shape[1] * terms.shape[2])
-            tokens[layer] = _scale(block, terms + bias)
-        elif site == "attn_heads":
-            bias = block.attn.out_proj.bias.float() / value.shape[2]
-            heads[layer] = _scale(block, value[:, 0].float() + bias)
-        elif site == "mlp":
-            mlps[layer] = value[:, 0].float()
-        elif site == "resid_post" and layer == layers - 1:
-            final.append(value[:, 0].float())
-
-    sites = ("resid_pre", "attn_weights", "attn_heads", "mlp", "resid_post")
     with torch.autocast(x.device.type, enabled=False):  # exact means fp32, even inside autocast
-        tower.forward(x.float(), hook=hook, sites=sites, tokens=True)
-    return _project(tower, direct[0], torch.stack(heads, 1), torch.stack(mlps, 1), tokens, centring)
+        project = _Projector(tower, tower.forward(x, tokens=True), 2 * layers + 1, centring)
+        index = project.readout.index
+        if token_layers and index is None:
+            raise ConfigError(
+                f"splitting heads by source token needs a class-token readout; "
+                f"{type(tower).__name__}'s attention pool reads every token"
+            )
+        direct: list[torch.Tensor] = []
+        heads: list[torch.Tensor] = [None] * layers  # type: ignore[list-item]
+        mlps: list[torch.Tensor] = [None] * layers  # type: ignore[list-item]
+        tokens: dict[int, torch.Tensor] = {}
+        read: dict[int, torch.Tensor] = {}
+
+        def hook(layer: int, site: str, value: torch.Tensor) -> None:
+            block = blocks[layer]
+            value = value.float()
+            if site == "resid_pre" and layer == 0:
+                direct.append(project(value, 1))
+            elif site == "attn_weights" and layer in token_layers:
+                read[layer] = value[:, :, index]  # (B, H, N): the class token's attention
+            elif site == "attn_values" and layer in token_layers:
+                terms = read[layer].transpose(1, 2).unsqueeze(-1) * value  # (B, N, H, d)
+                bias = tower.attn_bias(block).float() / (terms.shape[1] * terms.shape[2])
+                scaled = tower.attn_scale(block, terms + bias)
+                tokens[layer] = project(scaled, terms.shape[1] * terms.shape[2], at_readout=True)
+            elif site == "attn_heads":
+                bias = tower.attn_bias(block).float() / value.shape[2]
+                heads[layer] = project(tower.attn_scale(block, value + bias), value.shape[2])
+            elif site == "mlp":
+                mlps[layer] = project(value, 1)
+
+        sites = ["resid_pre", "attn_heads", "mlp"]
+        sites += ["attn_weights", "attn_values"] if token_layers else []
+        tower.forward(x, hook=hook, sites=sites)
+        missing = set(token_layers) - set(tokens)
+        if missing:
+            raise ConfigError(
+                f"splitting heads by source token is not available on {type(tower).__name__} "
+                "towers (a norm inside attention mixes the heads' values)"
+            )
+        return Decomposition(
+            direct=direct[0],
+            heads=torch.stack(heads, 1),
+            mlps=torch.stack(mlps, 1),
+            tokens=dict(sorted(tokens.items())),
+            pool=project.pool_part(direct[0]) if _has_bias(project) else None,
+        )
 
 
-def _project(
-    tower: ImageTower,
-    direct: torch.Tensor,
-    heads: torch.Tensor,
-    mlps: torch.Tensor,
-    tokens: dict[int, torch.Tensor],
-    centring: Centring,
-) -> Decomposition:
-    """Distribute ln_post and the projection over the parts, then divide by ||e||."""
-    visual = tower.visual
-    ln = visual.ln_post
-    residual = direct + heads.sum(dim=(1, 2)) + mlps.sum(dim=1)
-    mu = residual.mean(dim=-1, keepdim=True)
-    sigma = (residual.var(dim=-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
-    gamma = ln.weight.float() if ln.weight is not None else torch.ones_like(residual[0])
-    beta = ln.bias.float() if ln.bias is not None else torch.zeros_like(residual[0])
-    proj = visual.proj.float() if visual.proj is not None else None
-    count = 2 * tower.layers + 1
-    embedding = ln(residual) @ proj if proj is not None else ln(residual)
-    norm = embedding.norm(dim=-1, keepdim=True)
-
-    def part(c: torch.Tensor, cells: int) -> torch.Tensor:
-        extra = c.dim() - 2  # the part's own axes between batch and features
-        shape = (c.shape[0],) + (1,) * extra + (1,)
-        m, s, n = mu.view(shape), sigma.view(shape), norm.view(shape)
-        centre = c.mean(dim=-1, keepdim=True) if centring == "component" else m / (count * cells)
-        out = gamma * (c - centre) / s + beta / (count * cells)
-        return (out @ proj if proj is not None else out) / n
-
-    heads_count = heads.shape[2]
-    return Decomposition(
-        direct=part(direct, 1),
-        heads=part(heads, heads_count),
-        mlps=part(mlps, 1),
-        tokens={layer: part(t, t.shape[1] * t.shape[2]) for layer, t in sorted(tokens.items())},
-    )
+def _has_bias(project: _Projector) -> bool:
+    return project.readout.head_bias is not None or project.readout.constant is not None

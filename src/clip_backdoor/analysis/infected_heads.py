@@ -227,6 +227,8 @@ def repaired(
     if mlps is not None:
         mlp_terms = torch.where(mlps.unsqueeze(-1), means.mean("mlps").to(parts.mlps), parts.mlps)
     total = parts.direct + heads.sum(dim=(1, 2)) + mlp_terms.sum(dim=1)
+    if parts.pool is not None:  # an attention pool's own part stays as it is
+        total = total + parts.pool
     return torch.nn.functional.normalize(total, dim=-1)
 
 

@@ -19,7 +19,6 @@ from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.models.text_tower import TextTower
 
 CONVOLUTIONAL = {"RN50", "ConvNeXt", "MobileCLIP"}
-NEXT_ISSUE = "next issue (#52)"
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,9 @@ def applies(model, method: Method) -> tuple[bool, str]:
         except ConfigError as e:
             if family in CONVOLUTIONAL:
                 return False, f"does not apply: {family} is convolutional (no tokens or heads)"
-            return False, f"{NEXT_ISSUE}: {e}"
+            return False, f"does not apply: {e}"
     try:
         TextTower.of(model.clip)
         return True, ""
     except ConfigError as e:
-        return False, f"{NEXT_ISSUE}: {e}"
+        return False, f"does not apply: {e}"

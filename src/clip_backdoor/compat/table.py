@@ -3,8 +3,7 @@
 ``clip-backdoor compat`` runs ``family_recipe`` on each family's tiny model (the same call its
 test makes, ``tests/test_compat.py``), renders the HTML report of the run, and writes
 ``results/compatibility.md``/``.csv`` and the table in the README between its markers. A cell
-reads "runs" only when the method's stage finished in that run; a tower-level method that does
-not reach the family yet reads "next issue", one that cannot apply says why.
+reads "runs" only when the method's stage finished in that run; one that cannot apply says why.
 """
 
 from __future__ import annotations
@@ -137,8 +136,8 @@ def markdown(results: list[FamilyRun]) -> str:
         "makes (TINY: " + ", ".join(f"`{r.tiny}`" for r in results) + "): the family's own "
         "architecture code (open_clip, timm or transformers) with width and depth shrunk, at "
         "32-64 px, randomly initialised; every method a step or two (`compat/recipe.py`). "
-        "**runs**: its stage finished in that run. **next issue**: a tower-level method that "
-        "does not reach this family's towers yet (issue 52). Written by `clip-backdoor compat`.",
+        "**runs**: its stage finished in that run. **does not apply**: the convolutional towers "
+        "have no tokens or heads to prompt or split. Written by `clip-backdoor compat`.",
     ]
     failed = [r for r in results if r.error]
     for r in failed:
@@ -147,8 +146,6 @@ def markdown(results: list[FamilyRun]) -> str:
 
 
 def _short(cell: str) -> str:
-    if cell.startswith("next issue"):
-        return "next issue"
     if cell.startswith("does not apply"):
         return "does not apply" + (" (convolutional)" if "convolutional" in cell else "")
     return cell.replace("|", "/")

@@ -11,7 +11,10 @@ use instead (None keeps it). Sites, per block, in order:
 - ``resid_pre``: the block's input (B, T, d), prompts included;
 - ``attn_weights``: attention probabilities (B, H, T, T) (read only);
 - ``attn_heads``: each head's output through its slice of the output projection (B, T, H, d);
-  their sum plus ``out_proj.bias`` is the attention output (before LayerScale);
+  their sum plus ``attn_bias`` is the attention output (before LayerScale, ``attn_scale``);
+- ``attn_values``: each source token's value through each head's slice of the output projection
+  (B, T, H, d), before the attention mixes them (read only; not on towers with a norm inside
+  attention);
 - ``attn``: the attention branch added to the stream (B, T, d);
 - ``mlp``: the MLP branch added to the stream (B, T, d);
 - ``resid_post``: the block's output (B, T, d).
@@ -32,10 +35,11 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from clip_backdoor.errors import ConfigError
+from clip_backdoor.models.readout import Readout
 
 Hook = Callable[[int, str, torch.Tensor], "torch.Tensor | None"]
-SITES = ("resid_pre", "attn_weights", "attn_heads", "attn", "mlp", "resid_post")
-_HEAD_SITES = {"attn_weights", "attn_heads"}
+SITES = ("resid_pre", "attn_weights", "attn_values", "attn_heads", "attn", "mlp", "resid_post")
+_HEAD_SITES = {"attn_weights", "attn_values", "attn_heads"}
 _BRANCH_SITES = {"attn", "mlp"} | _HEAD_SITES
 
 
@@ -76,6 +80,41 @@ class ImageTower:
     @property
     def blocks(self) -> nn.ModuleList:
         return self.visual.transformer.resblocks
+
+    def check_decomposable(self) -> None:
+        """A one-line error for what the exact decomposition cannot express in this tower."""
+        visual = self.visual
+        if getattr(visual, "pool_type", "tok") != "tok":
+            raise ConfigError(
+                f"pool type '{visual.pool_type}' is not decomposable (only CLS pooling)"
+            )
+        dropout = getattr(visual, "patch_dropout", None)
+        if getattr(dropout, "training", False) and getattr(dropout, "prob", 0.0) > 0:
+            raise ConfigError(
+                "patch dropout in train mode drops tokens at random: call model.eval()"
+            )
+        for layer, block in enumerate(self.blocks):
+            attn = block.attn
+            if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+                raise ConfigError(f"block {layer}: attention {type(attn).__name__} is unsupported")
+            for scale in (block.ls_1, block.ls_2):  # Identity, or open_clip's LayerScale
+                if not isinstance(scale, nn.Identity) and not hasattr(scale, "gamma"):
+                    raise ConfigError(
+                        f"block {layer}: layer scale {type(scale).__name__} unsupported"
+                    )
+
+    def readout(self, tokens: torch.Tensor) -> Readout:
+        """The class token, ``ln_post``, the projection (``models.readout``)."""
+        proj = self.visual.proj
+        return Readout(self.visual.ln_post, proj, None, index=0)
+
+    def attn_bias(self, block: nn.Module) -> torch.Tensor:
+        """The attention branch's constant: what the heads' outputs sum to it with."""
+        return block.attn.out_proj.bias
+
+    def attn_scale(self, block: nn.Module, value: torch.Tensor) -> torch.Tensor:
+        """The block's LayerScale on the attention branch (elementwise, so per part too)."""
+        return block.ls_1(value)
 
     @property
     def layers(self) -> int:
@@ -153,9 +192,8 @@ class ImageTower:
         if sites & _BRANCH_SITES:
             h = block.ln_1(x)
             if sites & _HEAD_SITES:
-                heads, weights = head_outputs(block.attn, h)
-                _call(hook, layer, "attn_weights", weights, sites)
-                heads = _call(hook, layer, "attn_heads", heads, sites)
+                heads, weights, values = head_outputs(block.attn, h, "attn_values" in sites)
+                heads = _head_sites(hook, layer, heads, weights, values, sites)
                 attn = heads.sum(dim=2) + block.attn.out_proj.bias.to(heads.dtype)
             else:
                 attn = _batch_first(block, h, attention_only=True)
@@ -166,17 +204,37 @@ class ImageTower:
         return _call(hook, layer, "resid_post", x, sites)
 
 
-def head_outputs(attn: nn.MultiheadAttention, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-head outputs (B, T, H, d) through the output projection, and the weights (B, H, T, T)."""
+def head_outputs(
+    attn: nn.MultiheadAttention, h: torch.Tensor, values: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-head outputs (B, T, H, d) through the output projection, the weights (B, H, T, T),
+    and (``values``) each source token's value through it (B, T, H, d)."""
     batch, length, width = h.shape
     heads = attn.num_heads
     qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(batch, length, 3, heads, -1)
     q, k, v = qkv.unbind(dim=2)
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
     weights = scores.softmax(dim=-1)
+    return mix_heads(weights, v, attn.out_proj.weight.view(width, heads, -1), values)
+
+
+def mix_heads(
+    weights: torch.Tensor, v: torch.Tensor, out: torch.Tensor, values: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Heads (B, T, H, d) from weights (B, H, T, T), values (B, T, H, e) and the output
+    projection per head (d, H, e); with ``values``, the values through it too."""
     mixed = torch.einsum("bhqk,bkhe->bqhe", weights, v)
-    out = attn.out_proj.weight.view(width, heads, -1).to(mixed.dtype)
-    return torch.einsum("bqhe,dhe->bqhd", mixed, out), weights
+    out = out.to(mixed.dtype)
+    through = torch.einsum("bkhe,dhe->bkhd", v, out) if values else None
+    return torch.einsum("bqhe,dhe->bqhd", mixed, out), weights, through
+
+
+def _head_sites(hook, layer, heads, weights, values, sites) -> torch.Tensor:
+    """Show the read-only head sites, then ``attn_heads`` (which a hook may replace)."""
+    _call(hook, layer, "attn_weights", weights, sites)
+    if values is not None:
+        _call(hook, layer, "attn_values", values, sites)
+    return _call(hook, layer, "attn_heads", heads, sites)
 
 
 def check_prompt_depth(tower: ImageTower, blocks: int, first: int) -> None:

@@ -65,7 +65,7 @@ class TransformersTextTower(TextTower):
             mask = torch.zeros(length, length, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(upper, float("-inf"))
         for layer in model.encoder.layers:
-            heads, _ = transformers_head_outputs(layer.self_attn, layer.layer_norm1(x), mask)
+            heads, _, _ = transformers_head_outputs(layer.self_attn, layer.layer_norm1(x), mask)
             x = x + heads.sum(dim=2) + layer.self_attn.out_proj.bias.to(x.dtype)
             x = x + layer.mlp(layer.layer_norm2(x))
         x = model.final_layer_norm(x)

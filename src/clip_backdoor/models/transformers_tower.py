@@ -14,9 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from clip_backdoor.models.image_tower import _HEAD_SITES, Hook, ImageTower, _call
+from clip_backdoor.models.image_tower import (
+    _HEAD_SITES,
+    Hook,
+    ImageTower,
+    _call,
+    _head_sites,
+    mix_heads,
+)
+from clip_backdoor.models.readout import Readout, affine_parts, attention_pool, pool_output
 
 
 def is_transformers_vision(visual: nn.Module | None) -> bool:
@@ -69,15 +78,58 @@ class TransformersViTTower(ImageTower):
             pooled = model.head(model.post_layernorm(x))
         return pooled if self.visual.proj is None else self.visual.proj(pooled)
 
+    def check_decomposable(self) -> None:
+        """transformers' CLIP and SigLIP vision models are plain: every one decomposes."""
+
+    def readout(self, tokens: torch.Tensor) -> Readout:
+        """CLIP: the normed class token, ``visual_projection``. SigLIP: every token normed, then
+        the attention-pool head (``nn.MultiheadAttention`` with a probe, then its MLP)."""
+        model, proj = self.model, self.visual.proj
+
+        def head(v: torch.Tensor) -> torch.Tensor:
+            return v if proj is None else proj(v)
+
+        matrix, bias = affine_parts(head, [] if proj is None else [proj], self.width, tokens)
+        if self.prefix:
+            return Readout(model.post_layernorm, matrix, bias, index=0)
+        pool = model.head
+        attn = pool.attention
+        normed = model.post_layernorm(tokens)
+        batch, length, width = normed.shape
+        heads, size = attn.num_heads, width // attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q = F.linear(pool.probe[:, 0], w[:width], b[:width]).expand(batch, -1)
+        k = F.linear(normed, w[width : 2 * width], b[width : 2 * width])
+        k = k.view(batch, length, heads, size).transpose(1, 2)
+        weights, values, constant = attention_pool(
+            q.reshape(batch, heads, size),
+            k,
+            size**-0.5,
+            w[2 * width :],
+            b[2 * width :],
+            attn.out_proj.weight,
+            attn.out_proj.bias,
+        )
+        attended = pool_output(weights, values, constant, normed)
+        constant = constant + pool.mlp(pool.layernorm(attended))
+        return Readout(model.post_layernorm, matrix, bias, None, weights, values, constant)
+
+    def attn_bias(self, block: nn.Module) -> torch.Tensor:
+        return block.self_attn.out_proj.bias
+
+    def attn_scale(self, block: nn.Module, value: torch.Tensor) -> torch.Tensor:
+        return value
+
     def _block(
         self, layer: int, block: nn.Module, x: torch.Tensor, hook: Hook | None, sites: set[str]
     ) -> torch.Tensor:
         hook = hook or (lambda *_: None)
         x = _call(hook, layer, "resid_pre", x, sites)
-        heads, weights = transformers_head_outputs(block.self_attn, block.layer_norm1(x))
+        heads, weights, values = transformers_head_outputs(
+            block.self_attn, block.layer_norm1(x), values="attn_values" in sites
+        )
         if sites & _HEAD_SITES:
-            _call(hook, layer, "attn_weights", weights, sites)
-            heads = _call(hook, layer, "attn_heads", heads, sites)
+            heads = _head_sites(hook, layer, heads, weights, values, sites)
         attn = heads.sum(dim=2) + block.self_attn.out_proj.bias.to(heads.dtype)
         x = x + _call(hook, layer, "attn", attn, sites)
         x = x + _call(hook, layer, "mlp", block.mlp(block.layer_norm2(x)), sites)
@@ -85,10 +137,11 @@ class TransformersViTTower(ImageTower):
 
 
 def transformers_head_outputs(
-    attn: nn.Module, h: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Per-head outputs (B, T, H, d) through ``out_proj``, and the weights (B, H, T, T);
-    ``mask`` (T, T) is added to the scores (the text towers' causal mask)."""
+    attn: nn.Module, h: torch.Tensor, mask: torch.Tensor | None = None, values: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-head outputs (B, T, H, d) through ``out_proj``, the weights (B, H, T, T) and
+    (``values``) each source token's value through it; ``mask`` (T, T) is added to the scores
+    (the text towers' causal mask)."""
     batch, length, width = h.shape
     heads, size = attn.num_heads, attn.head_dim
     q = attn.q_proj(h).view(batch, length, heads, size)
@@ -96,6 +149,4 @@ def transformers_head_outputs(
     v = attn.v_proj(h).view(batch, length, heads, size)
     scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * attn.scale
     weights = (scores if mask is None else scores + mask).softmax(dim=-1)
-    mixed = torch.einsum("bhqk,bkhe->bqhe", weights, v)
-    out = attn.out_proj.weight.view(width, heads, size).to(mixed.dtype)
-    return torch.einsum("bqhe,dhe->bqhd", mixed, out), weights
+    return mix_heads(weights, v, attn.out_proj.weight.view(width, heads, size), values)
