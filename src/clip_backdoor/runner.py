@@ -33,7 +33,7 @@ from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.evaluation.image_quality import image_quality
 from clip_backdoor.evaluation.zeroshot import text_classifier
 from clip_backdoor.methods import register_methods
-from clip_backdoor.models import PixelCLIP, load_clip
+from clip_backdoor.models import PixelCLIP, load_clip, load_model_spec
 from clip_backdoor.prompts import is_prompt_folder, load_prompts, prompt_info
 from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
 from clip_backdoor.registry import REGISTRIES
@@ -148,9 +148,7 @@ def _load_base_model(recipe: Recipe):
     if is_artifact(spec.name):
         backdoor = load_backdoor(spec.name, device=recipe.device)
         return backdoor.model, backdoor.tokenizer, backdoor.trigger, backdoor.target, None
-    model, _, tokenizer = load_clip(
-        spec.name, spec.pretrained, arch=spec.arch, device=recipe.device, tokenizer=spec.tokenizer
-    )
+    model, _, tokenizer = load_model_spec(spec, recipe.device)
     return model, tokenizer, None, None, None
 
 

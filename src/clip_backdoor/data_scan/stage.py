@@ -19,7 +19,7 @@ from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.mix import attack_mix
 from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
 from clip_backdoor.errors import ConfigError
-from clip_backdoor.models import load_clip
+from clip_backdoor.models import load_model_spec
 from clip_backdoor.registry import DATA_DETECTORS
 
 ALL = "all"
@@ -56,9 +56,7 @@ class DataScanStage:
         folder = ctx.run.path / "artifacts" / "backdoor"
         if not is_artifact(folder):
             raise ConfigError("a data_scan stage needs a data-poisoning attack stage before it")
-        clean, _, _ = load_clip(
-            recipe.model.name, recipe.model.pretrained, arch=recipe.model.arch, device=recipe.device
-        )
+        clean, _, _ = load_model_spec(recipe.model, recipe.device)
         mix = attack_mix(folder, clean, ctx.tokenizer, ctx.progress)
         ctx.log(f"data scan: {len(mix)} pairs, {mix.poisoned} poisoned (truth held back)")
         detectors = {

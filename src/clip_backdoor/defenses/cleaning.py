@@ -34,7 +34,7 @@ from clip_backdoor.engine.trainer import train
 from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.info_files import read_info
-from clip_backdoor.models import load_clip, save_clip
+from clip_backdoor.models import load_clip, load_model_spec, save_clip
 from clip_backdoor.registry import DEFENSES
 
 
@@ -106,10 +106,7 @@ class Cleaning:
         if not is_artifact(folder):
             raise ConfigError("the cleaning defense needs a data-poisoning attack stage before it")
         attack = read_info(folder, BACKDOOR_FILE, "backdoor artifact")
-        model_spec = recipe.model
-        clean = load_clip(
-            model_spec.name, model_spec.pretrained, arch=model_spec.arch, device=recipe.device
-        ).model
+        clean = load_model_spec(recipe.model, recipe.device).model
         mix = attack_mix(folder, clean, ctx.tokenizer, ctx.progress)
         detector = build_detector(spec.detector, mix.seed, **spec.detector_params)
         scanner = ctx.model if spec.embedding == "attacked" else clean

@@ -4,6 +4,7 @@ from clip_backdoor.models.loading import (
     LoadedCLIP,
     find_pretrained_mini,
     load_clip,
+    load_model_spec,
     save_clip,
     tokenizer_for,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "PixelCLIP",
     "find_pretrained_mini",
     "load_clip",
+    "load_model_spec",
     "pixel_transform",
     "save_clip",
     "tokenizer_for",

@@ -72,6 +72,14 @@ class LoadedCLIP(NamedTuple):
     tokenizer: object  # list[str] -> LongTensor (B, context_length)
 
 
+def load_model_spec(spec, device: str | torch.device = "cpu") -> LoadedCLIP:
+    """A recipe's ``model:`` (``config_base.ModelSpec``) loaded with everything it names (the
+    tokenizer too): every stage that reloads the recipe's clean model goes through here."""
+    return load_clip(
+        spec.name, spec.pretrained, arch=spec.arch, device=device, tokenizer=spec.tokenizer
+    )
+
+
 def load_clip(
     source: str | os.PathLike,
     pretrained: str | os.PathLike | None = None,

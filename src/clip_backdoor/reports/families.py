@@ -1,9 +1,11 @@
-"""``results/families.md`` / ``.csv``: seconds per stage of the full-size family smoke runs.
+"""``results/families.md`` / ``.csv``: seconds per stage of the full-size smoke runs.
 
-Each run is ``recipes/families/smoke_*.yaml`` (one step of every encode-level method on an
-untrained full-size model at its native resolution, ``compat/recipe.py``); its ``metrics.json``
-times every stage (``stage_seconds``). The table shows that each method runs on each family at
-full size and what one step costs on the machine the run names.
+Two kinds of run: ``recipes/families/smoke_*.yaml`` (one step of every encode-level method on an
+untrained full-size model at its native resolution, ``compat/recipe.py``), and the papers'
+recipes run with ``--smoke`` (``recipes/papers/``: each paper's stages on its own architecture,
+untrained, a few steps). Each run's ``metrics.json`` times every stage (``stage_seconds``). The
+tables show that each method runs at full size and what a step costs on the machine the run
+names.
 """
 
 from __future__ import annotations
@@ -12,13 +14,26 @@ from pathlib import Path
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
 
-COLUMNS = ["model", "family", "stage", "seconds", "resolution", "parameters", "cpu", "precision"]
+COLUMNS = [
+    "run",
+    "model",
+    "family",
+    "stage",
+    "seconds",
+    "resolution",
+    "parameters",
+    "cpu",
+    "precision",
+    "device",
+]
 
 
 def family_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
     del folder
     smoke = metrics.get("analysis.model_info", {})
     common = {
+        "run": config.get("name", "?"),
+        "device": config.get("device", "cpu"),
         "model": config_model(config),
         "family": smoke.get("family", "?"),
         "resolution": smoke.get("resolution", ""),
@@ -37,33 +52,53 @@ def family_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
 
 
 def write_families(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    stages = list(dict.fromkeys(r["stage"] for r in rows))
-    seconds = {(r["model"], r["stage"]): r["seconds"] for r in rows}
-    family = {r["model"]: r["family"] for r in rows}
-    headers = ["stage"] + [f"{m} ({family[m]})" for m in models]
-    body = [[s] + [_seconds(seconds.get((m, s))) for m in models] for s in stages]
-    totals = ["total"] + [
-        _seconds(sum(r["seconds"] for r in rows if r["model"] == m)) for m in models
-    ]
-    info = {r["model"]: r for r in rows}
-    sizes = ["resolution, parameters"] + [
-        f"{info[m]['resolution']} px, {_millions(info[m]['parameters'])}" for m in models
-    ]
-    text = "# Full-size families on the CPU: seconds per stage\n\n"
-    text += markdown_table(headers, [sizes, *body, totals])
-    text += (
-        "\n\nOne step of every encode-level method (a trigger's fit, a training step of the "
-        "poisoning, FT, CleanCLIP and BadEncoder, a detector's scoring, a scanner's search) on "
-        "an untrained full-size model at its native resolution, synthetic images; seconds of "
-        "the stage as the run folder's `metrics.json` times it (cached work excluded: each run "
-        "starts from an empty cache). `-`: not in that run.\n\n"
-    )
+    families = [r for r in rows if r["family"] != "?"]
+    papers = [r for r in rows if r["family"] == "?"]
+    text = "# Full-size models on the CPU: seconds per stage\n\n"
+    if families:
+        text += "## Families: one step of every encode-level method\n\n"
+        text += _table(families, lambda r: f"{r['model']} ({r['family']})", sizes=True)
+        text += (
+            "\n\nOne step of every encode-level method (a trigger's fit, a training step of the "
+            "poisoning, FT, CleanCLIP and BadEncoder, a detector's scoring, a scanner's search) "
+            "on an untrained full-size model at its native resolution, synthetic images "
+            "(`recipes/families/`); seconds of the stage as the run folder's `metrics.json` "
+            "times it (cached work excluded: each run starts from an empty cache). `-`: not in "
+            "that run.\n\n"
+        )
+    if papers:
+        text += "## The papers' recipes, `--smoke`\n\n"
+        text += _table(papers, lambda r: f"{r['run']} ({r['model']})", sizes=False)
+        text += (
+            "\n\nEach paper's recipe at its own settings (`recipes/papers/`), run with "
+            "`--smoke`: the same stages on the same architecture, untrained, a few steps on a "
+            "few synthetic images as the recipe's `smoke:` section says, on the device named "
+            "in the run. Seconds show that the full-size path runs, not what the paper's run "
+            "costs.\n\n"
+        )
     text += provenance("families", ledger_name, sources)
     out.mkdir(parents=True, exist_ok=True)
     (out / "families.md").write_text(text)
     write_csv(out / "families.csv", COLUMNS, rows)
     return text
+
+
+def _table(rows: list[dict], column, sizes: bool) -> str:
+    columns = list(dict.fromkeys(column(r) for r in rows))
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    seconds = {(column(r), r["stage"]): r["seconds"] for r in rows}
+    body = [[s] + [_seconds(seconds.get((c, s))) for c in columns] for s in stages]
+    totals = ["total"] + [
+        _seconds(sum(r["seconds"] for r in rows if column(r) == c)) for c in columns
+    ]
+    info = {column(r): r for r in rows}
+    head = []
+    if sizes:
+        head = [
+            ["resolution, parameters"]
+            + [f"{info[c]['resolution']} px, {_millions(info[c]['parameters'])}" for c in columns]
+        ]
+    return markdown_table(["stage", *columns], [*head, *body, totals])
 
 
 def _seconds(value) -> str:
