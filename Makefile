@@ -37,8 +37,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/data_scan.py
 
+# the general GPU smoke, then every paper's recipe (recipes/papers/) run --smoke on CUDA, timed
+PAPERS := $(wildcard recipes/papers/*/*.yaml)
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_smoke.py
+	rm -rf runs/gpu-check
+	for recipe in $(PAPERS); do \
+		$(BIN)/clip-backdoor run $$recipe --smoke --runs-root runs/gpu-check || exit 1; done
+	$(BIN)/clip-backdoor results families runs/gpu-check/* --out results/gpu-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

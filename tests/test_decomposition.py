@@ -72,7 +72,7 @@ def test_what_is_not_exactly_decomposable_is_refused(tiny):
     decompose(model, torch.rand(1, 3, 32, 32))  # in eval mode nothing is dropped
     with pytest.raises(ConfigError, match="token layer 7 is outside a tower of 2 blocks"):
         decompose(model, torch.rand(1, 3, 32, 32), token_layers=[7])
-    with pytest.raises(ConfigError, match="not an open_clip ViT"):
+    with pytest.raises(ConfigError, match="is not a ViT: no tokens to prompt"):
         decompose(load_clip("RN50").model, torch.rand(1, 3, 224, 224))
 
 

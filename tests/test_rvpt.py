@@ -78,13 +78,13 @@ def test_rvpt_refuses_a_model_without_a_vit_image_tower():
     from clip_backdoor.defenses.rvpt import RVPT
 
     resnet = load_clip("RN50").model
-    with pytest.raises(ConfigError, match="not an open_clip ViT"):
+    with pytest.raises(ConfigError, match="is not a ViT: no tokens to prompt"):
         ImageTower.of(resnet)
 
     class Context:
         model = resnet
 
-    with pytest.raises(ConfigError, match="not an open_clip ViT"):
+    with pytest.raises(ConfigError, match="is not a ViT: no tokens to prompt"):
         RVPT().run(Context())
 
 

@@ -94,7 +94,7 @@ def test_prompts_may_outnumber_the_patches_as_rvpt_on_vit_b_32():
 
 
 def test_towers_that_do_not_apply_say_so_in_one_line():
-    for name, reason in (("tiny-rn", "not an open_clip ViT"), ("tiny-convnext", "not an")):
+    for name, reason in (("tiny-rn", r"\(ModifiedResNet\) is not a ViT"), ("tiny-convnext", "ViT")):
         with pytest.raises(ConfigError, match=reason):
             ImageTower.of(load_clip(name).model)
     from clip_backdoor.analysis.decomposition import decompose

@@ -67,7 +67,10 @@ class ImageTower:
         parts = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
         if visual is None or not all(hasattr(visual, p) for p in parts):
             kind = type(visual).__name__ if visual is not None else type(clip).__name__
-            raise ConfigError(f"the image tower ({kind}) is not an open_clip ViT")
+            raise ConfigError(
+                f"the image tower ({kind}) is not a ViT: no tokens to prompt or heads to split "
+                "(tower-level methods apply to the ViT families)"
+            )
         if getattr(visual, "attn_pool", None) is not None:
             raise ConfigError("ViTs with attention pooling (CoCa) are unsupported")
         for block in visual.transformer.resblocks:

@@ -54,7 +54,7 @@ def family_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
 def write_families(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
     families = [r for r in rows if r["family"] != "?"]
     papers = [r for r in rows if r["family"] == "?"]
-    text = "# Full-size models on the CPU: seconds per stage\n\n"
+    text = "# Full-size models: seconds per stage\n\n"
     if families:
         text += "## Families: one step of every encode-level method\n\n"
         text += _table(families, lambda r: f"{r['model']} ({r['family']})", sizes=True)
@@ -68,7 +68,7 @@ def write_families(rows: list[dict], sources: list[str], out: Path, ledger_name:
         )
     if papers:
         text += "## The papers' recipes, `--smoke`\n\n"
-        text += _table(papers, lambda r: f"{r['run']} ({r['model']})", sizes=False)
+        text += _table(papers, lambda r: f"{r['run']} ({r['model']}, {r['device']})", sizes=False)
         text += (
             "\n\nEach paper's recipe at its own settings (`recipes/papers/`), run with "
             "`--smoke`: the same stages on the same architecture, untrained, a few steps on a "
