@@ -51,31 +51,37 @@ def family_rows(metrics: dict, config: dict, folder: Path) -> list[dict]:
     return [r for r in rows if r["stage"] != "analysis.model_info"]
 
 
+SECTIONS = [  # (heading, whose rows, column label, sizes row, note)
+    (
+        "Families: one step of every encode-level method",
+        lambda r: r["family"] != "?",
+        lambda r: f"{r['model']} ({r['family']})",
+        True,
+        "One step of every encode-level method (a trigger's fit, a training step of the "
+        "poisoning, FT, CleanCLIP and BadEncoder, a detector's scoring, a scanner's search) on an "
+        "untrained full-size model at its native resolution, synthetic images "
+        "(`recipes/families/`); seconds of the stage as the run folder's `metrics.json` times it "
+        "(cached work excluded: each run starts from an empty cache). `-`: not in that run.",
+    ),
+    (
+        "The papers' recipes, `--smoke`",
+        lambda r: r["family"] == "?",
+        lambda r: f"{r['run']} ({r['model']}, {r['device']})",
+        False,
+        "Each paper's recipe at its own settings (`recipes/papers/`), run with `--smoke`: the "
+        "same stages on the same architecture, untrained, a few steps on a few synthetic images "
+        "as the recipe's `smoke:` section says, on the device named in the run. Seconds show "
+        "that the full-size path runs, not what the paper's run costs.",
+    ),
+]
+
+
 def write_families(rows: list[dict], sources: list[str], out: Path, ledger_name: str) -> str:
-    families = [r for r in rows if r["family"] != "?"]
-    papers = [r for r in rows if r["family"] == "?"]
     text = "# Full-size models: seconds per stage\n\n"
-    if families:
-        text += "## Families: one step of every encode-level method\n\n"
-        text += _table(families, lambda r: f"{r['model']} ({r['family']})", sizes=True)
-        text += (
-            "\n\nOne step of every encode-level method (a trigger's fit, a training step of the "
-            "poisoning, FT, CleanCLIP and BadEncoder, a detector's scoring, a scanner's search) "
-            "on an untrained full-size model at its native resolution, synthetic images "
-            "(`recipes/families/`); seconds of the stage as the run folder's `metrics.json` "
-            "times it (cached work excluded: each run starts from an empty cache). `-`: not in "
-            "that run.\n\n"
-        )
-    if papers:
-        text += "## The papers' recipes, `--smoke`\n\n"
-        text += _table(papers, lambda r: f"{r['run']} ({r['model']}, {r['device']})", sizes=False)
-        text += (
-            "\n\nEach paper's recipe at its own settings (`recipes/papers/`), run with "
-            "`--smoke`: the same stages on the same architecture, untrained, a few steps on a "
-            "few synthetic images as the recipe's `smoke:` section says, on the device named "
-            "in the run. Seconds show that the full-size path runs, not what the paper's run "
-            "costs.\n\n"
-        )
+    for heading, keep, column, sizes, note in SECTIONS:
+        part = [r for r in rows if keep(r)]
+        if part:
+            text += f"## {heading}\n\n{_table(part, column, sizes)}\n\n{note}\n\n"
     text += provenance("families", ledger_name, sources)
     out.mkdir(parents=True, exist_ok=True)
     (out / "families.md").write_text(text)
