@@ -26,6 +26,7 @@ from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.loss import MAX_LOGIT_SCALE, pair_loss, resolve_objective
 from clip_backdoor.engine.pairs import ImageTextPairs
 from clip_backdoor.engine.sampler import ShardedBatches
+from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import PixelCLIP
 
 Objective = Callable[
@@ -111,7 +112,10 @@ def _batches(
             len(data), spec.batch_size, seed, epoch, start, dist.rank, dist.world_size
         )
         if sampler.batches_per_epoch() == 0:
-            raise ValueError(f"{len(data)} pairs are fewer than one batch of {spec.batch_size}")
+            raise ConfigError(
+                f"{len(data)} training pairs are fewer than one batch of {spec.batch_size}: "
+                "lower training.batch_size or give more data"
+            )
         loader = DataLoader(data, batch_sampler=sampler, num_workers=spec.num_workers)
         for offset, batch in enumerate(loader):
             yield epoch, start + offset, batch
