@@ -148,23 +148,28 @@ def decompose(
         tokens: dict[int, torch.Tensor] = {}
         read: dict[int, torch.Tensor] = {}
 
+        def at(value: torch.Tensor) -> torch.Tensor:
+            """The token a class-token readout reads, taken before any per-token work."""
+            return value.float() if index is None else value[:, index].float()
+
         def hook(layer: int, site: str, value: torch.Tensor) -> None:
             block = blocks[layer]
-            value = value.float()
+            read_only = index is not None
             if site == "resid_pre" and layer == 0:
-                direct.append(project(value, 1))
+                direct.append(project(at(value), 1, read_only))
             elif site == "attn_weights" and layer in token_layers:
                 read[layer] = value[:, :, index]  # (B, H, N): the class token's attention
             elif site == "attn_values" and layer in token_layers:
-                terms = read[layer].transpose(1, 2).unsqueeze(-1) * value  # (B, N, H, d)
+                terms = read[layer].transpose(1, 2).unsqueeze(-1) * value.float()  # (B, N, H, d)
                 bias = tower.attn_bias(block).float() / (terms.shape[1] * terms.shape[2])
                 scaled = tower.attn_scale(block, terms + bias)
                 tokens[layer] = project(scaled, terms.shape[1] * terms.shape[2], at_readout=True)
             elif site == "attn_heads":
-                bias = tower.attn_bias(block).float() / value.shape[2]
-                heads[layer] = project(tower.attn_scale(block, value + bias), value.shape[2])
+                count = value.shape[2]
+                scaled = tower.attn_scale(block, at(value) + tower.attn_bias(block).float() / count)
+                heads[layer] = project(scaled, count, read_only)
             elif site == "mlp":
-                mlps[layer] = project(value, 1)
+                mlps[layer] = project(at(value), 1, read_only)
 
         sites = ["resid_pre", "attn_heads", "mlp"]
         sites += ["attn_weights", "attn_values"] if token_layers else []
