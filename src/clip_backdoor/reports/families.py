@@ -61,7 +61,8 @@ SECTIONS = [  # (heading, whose rows, column label, sizes row, note)
         "poisoning, FT, CleanCLIP and BadEncoder, a detector's scoring, a scanner's search) on an "
         "untrained full-size model at its native resolution, synthetic images "
         "(`recipes/families/`); seconds of the stage as the run folder's `metrics.json` times it "
-        "(cached work excluded: each run starts from an empty cache). `-`: not in that run.",
+        "(a stage whose artifact an identical earlier run cached counts only its reuse: the "
+        "run's `log.txt` says 'reusing the cached attack artifact'). `-`: not in that run.",
     ),
     (
         "The papers' recipes, `--smoke`",
