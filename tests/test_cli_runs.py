@@ -91,8 +91,7 @@ def test_shipped_recipes_validate():
         is_pretrain = "training" in data
         (load_pretrain_recipe if is_pretrain else load_recipe)(path)
         if "smoke" in data:  # and its smoke, as `run --smoke` builds it
-            from clip_backdoor.recipes import parse_recipe
-            from clip_backdoor.smoke import smoke_version
+            from clip_backdoor.recipes import parse_recipe, smoke_version
 
             smoke = parse_recipe(smoke_version(data, str(path), cuda=False), str(path))
             assert smoke.device == "cpu" and smoke.model.pretrained is None

@@ -73,8 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.smoke:
         import torch
 
-        from clip_backdoor.recipes import parse_recipe
-        from clip_backdoor.smoke import smoke_version
+        from clip_backdoor.recipes import parse_recipe, smoke_version
 
         data = smoke_version(data, str(args.recipe), torch.cuda.is_available())
         recipe = parse_recipe(data, str(args.recipe))

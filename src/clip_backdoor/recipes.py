@@ -6,6 +6,7 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,7 +101,7 @@ class Recipe(RunSpec):
     smoke: dict[str, Any] | None = Field(
         None,
         description="what `run --smoke` replaces: keys of this recipe (mappings key by key), "
-        "and `stages: {LABEL: params}` for the stages' params (clip_backdoor/smoke.py)",
+        "and `stages: {LABEL: params}` for the stages' params (recipes.smoke_version)",
     )
 
 
@@ -180,6 +181,61 @@ def included_stage(stage, source: str, depth: int = 0):
                     rest["params"] = {**other.get("params", {}), **rest["params"]}
                 return {**other, **rest}
     raise ConfigError(f"{source}: stage from {path}: it has no stage labelled '{wanted}'")
+
+
+def merged(base: Any, override: Any) -> Any:
+    """``override`` over ``base``: mappings key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merged(base.get(key), value)
+        return out
+    return copy.deepcopy(override)
+
+
+def smoke_version(data: dict, source: str, cuda: bool) -> dict:
+    """``run --smoke``: the recipe shortened to a smoke of the same path, or one line when it
+    has no ``smoke:``.
+
+    Why: a paper's recipe (``recipes/papers/``) needs a GPU, the weights and hours; before
+    spending them, a user (and ``make gpu-check``) runs the same stages on the same
+    architecture, untrained, a few steps on a few images. What "a few" means is the recipe's own
+    ``smoke:`` section, next to the settings it shortens: its keys replace the recipe's
+    (mappings key by key, ``merged``), and ``smoke.stages`` maps a stage label to the params
+    that replace its own. Always: ``pretrained`` dropped (nothing to download), the run named
+    ``<name>_smoke``, and a CUDA device falls back to the CPU where there is none.
+    """
+    smoke = data.get("smoke") if isinstance(data, dict) else None
+    if not smoke:
+        raise ConfigError(
+            f"{source}: no 'smoke' section, so nothing says how to shorten its stages "
+            "(the recipes under recipes/papers/ have one; --smoke applies to those)"
+        )
+    if not isinstance(smoke, dict):
+        raise ConfigError(f"{source}: smoke: a mapping of the keys to replace")
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k != "smoke"}
+    out["stages"] = [included_stage(s, source) for s in out.get("stages", [])]
+    stages = smoke.get("stages", {})
+    labels = [s.get("label") or s.get("method") for s in out.get("stages", [])]
+    unknown = sorted(set(stages) - set(labels))
+    if unknown:
+        raise ConfigError(
+            f"{source}: smoke.stages: no stage labelled '{unknown[0]}' (stages: "
+            f"{', '.join(str(label) for label in labels)})"
+        )
+    for key, value in smoke.items():
+        if key != "stages":
+            out[key] = merged(out.get(key), value)
+    for stage, label in zip(out.get("stages", []), labels, strict=True):
+        if label in stages:
+            stage["params"] = merged(stage.get("params", {}), stages[label])
+    out["name"] = f"{out['name']}_smoke"
+    model = dict(out.get("model") or {})
+    model.pop("pretrained", None)  # the same architecture, untrained
+    out["model"] = model
+    if str(out.get("device", "cpu")).startswith("cuda") and not cuda:
+        out["device"] = "cpu"
+    return out
 
 
 def load_recipe(path: str | Path) -> Recipe:
