@@ -83,12 +83,10 @@ class _Projector:
         self.beta = ln.bias.float() if ln.bias is not None else torch.zeros_like(read[0, 0])
         self.norm = tower.pool(final).norm(dim=-1)
 
-    def __call__(self, c: torch.Tensor, cells: int, at_readout: bool = False) -> torch.Tensor:
-        """c: (B, T, *cells, d) at every token, or (``at_readout``) (B, *cells, d) already at
-        the class token a class-token readout reads -> (B, *cells, D) on the unit-norm scale."""
+    def __call__(self, c: torch.Tensor, cells: int) -> torch.Tensor:
+        """c: (B, *cells, d) at the token a class-token readout reads, else (B, T, *cells, d)
+        at every token -> (B, *cells, D) on the unit-norm scale."""
         readout = self.readout
-        if readout.index is not None and not at_readout:
-            c = c[:, readout.index]
         share = self.count * cells
         shape = self.mu.shape + (1,) * (c.dim() - self.mu.dim())
         mu, sigma = self.mu.view(shape), self.sigma.view(shape)
@@ -105,8 +103,12 @@ class _Projector:
         out = readout.head_of(pooled)
         return out / self.norm.view((-1,) + (1,) * (out.dim() - 1))
 
-    def pool_part(self, like: torch.Tensor) -> torch.Tensor:
-        return self.readout.pool_part(like.float()) / self.norm[:, None]
+    def pool_part(self, like: torch.Tensor) -> torch.Tensor | None:
+        """What the readout adds itself (an attention pool's biases and MLP, a head's bias)."""
+        readout = self.readout
+        if readout.head_bias is None and readout.constant is None:
+            return None
+        return readout.pool_part(like.float()) / self.norm[:, None]
 
 
 @torch.no_grad()
@@ -154,22 +156,21 @@ def decompose(
 
         def hook(layer: int, site: str, value: torch.Tensor) -> None:
             block = blocks[layer]
-            read_only = index is not None
             if site == "resid_pre" and layer == 0:
-                direct.append(project(at(value), 1, read_only))
+                direct.append(project(at(value), 1))
             elif site == "attn_weights" and layer in token_layers:
                 read[layer] = value[:, :, index]  # (B, H, N): the class token's attention
             elif site == "attn_values" and layer in token_layers:
                 terms = read[layer].transpose(1, 2).unsqueeze(-1) * value.float()  # (B, N, H, d)
                 bias = tower.attn_bias(block).float() / (terms.shape[1] * terms.shape[2])
                 scaled = tower.attn_scale(block, terms + bias)
-                tokens[layer] = project(scaled, terms.shape[1] * terms.shape[2], at_readout=True)
+                tokens[layer] = project(scaled, terms.shape[1] * terms.shape[2])
             elif site == "attn_heads":
                 count = value.shape[2]
                 scaled = tower.attn_scale(block, at(value) + tower.attn_bias(block).float() / count)
-                heads[layer] = project(scaled, count, read_only)
+                heads[layer] = project(scaled, count)
             elif site == "mlp":
-                mlps[layer] = project(at(value), 1, read_only)
+                mlps[layer] = project(at(value), 1)
 
         sites = ["resid_pre", "attn_heads", "mlp"]
         sites += ["attn_weights", "attn_values"] if token_layers else []
@@ -185,9 +186,5 @@ def decompose(
             heads=torch.stack(heads, 1),
             mlps=torch.stack(mlps, 1),
             tokens=dict(sorted(tokens.items())),
-            pool=project.pool_part(direct[0]) if _has_bias(project) else None,
+            pool=project.pool_part(direct[0]),
         )
-
-
-def _has_bias(project: _Projector) -> bool:
-    return project.readout.head_bias is not None or project.readout.constant is not None
