@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test compat bench gpu-check lint format clean
+.PHONY: demo test test-slow compat bench gpu-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ demo: $(STAMP)
 	$(BIN)/clip-backdoor run recipes/demo_scan_clean.yaml
 	$(BIN)/clip-backdoor run recipes/demo_scan.yaml
 
-# two workers, one core each (tests/conftest.py): 20% faster than one process of two threads
+# two workers, one core each (tests/conftest.py): 20% faster than one process of two threads.
+# Precision: 'auto' resolves to fp32 in the suite; CLIP_BACKDOOR_PRECISION=bf16 (or fp32) forces it.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile
+	@start=$$(date +%s); $(BIN)/python -m pytest tests -n 2 --dist loadfile; status=$$?; \
+		echo "make test: $$(( $$(date +%s) - start )) s wall"; exit $$status
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m slow
 
 compat: $(STAMP)
 	$(BIN)/clip-backdoor compat
@@ -47,7 +52,7 @@ gpu-check: $(STAMP)
 	$(BIN)/clip-backdoor results families runs/gpu-check/* --out results/gpu-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision
+from clip_backdoor.core import precision
 from clip_backdoor.models import load_clip
 
 

@@ -23,13 +23,13 @@ import yaml
 from bench_setup import frozen_model
 
 from clip_backdoor.attacks.specs import PoisonSpec
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import PairEmbeddings, build_detector
 from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import clean_mix
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
-from clip_backdoor.methods import register_methods
-from clip_backdoor.registry import DATA_DETECTORS
+from clip_backdoor.pipeline.methods import register_methods
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "poison_badnet.yaml"
 

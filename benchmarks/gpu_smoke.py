@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 
 def training(steps: int, batch: int, mode: str) -> dict:

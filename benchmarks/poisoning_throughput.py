@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision
 from clip_backdoor.attacks.poisoning import PoisonAttack, PoisonedPairs, build_trigger
+from clip_backdoor.core import precision
 from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.loss import clip_loss
 from clip_backdoor.engine.pairs import ImageTextPairs, PairSource

@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision
+from clip_backdoor.core import precision
 from clip_backdoor.engine.loss import clip_loss
 from clip_backdoor.models import load_clip
 

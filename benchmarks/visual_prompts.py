@@ -19,7 +19,7 @@ import torch
 from bench_setup import frozen_model
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision
+from clip_backdoor.core import precision
 from clip_backdoor.defenses.rvpt import RVPTSpec, tune_visual_prompts
 from clip_backdoor.models.image_tower import ImageTower
 

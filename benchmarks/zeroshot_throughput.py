@@ -14,7 +14,7 @@ import time
 import torch
 
 import clip_backdoor  # noqa: F401  (torchvision shim before open_clip)
-from clip_backdoor import precision
+from clip_backdoor.core import precision
 from clip_backdoor.data import TensorSet
 from clip_backdoor.evaluation import evaluate_zeroshot
 from clip_backdoor.models import load_clip

@@ -36,10 +36,14 @@ def _fp32_where_auto():
     fp32 and CI machines differ (AVX2 only, avx512_bf16, AMX), and bf16 autocast of the tests'
     tiny shapes is slower, not faster (an untrained ViT-B-32 scan step: 38 s in bf16 vs 6 s in
     fp32 on an AMX Xeon). The CPU is made to report no bf16 flag; test_precision fakes the
-    flags of each kind of CPU and checks the real choice."""
-    import clip_backdoor.precision as precision
+    flags of each kind of CPU and checks the real choice. ``CLIP_BACKDOOR_PRECISION=bf16``
+    runs the suite in bf16 instead (slow where bf16 is not native)."""
+    import clip_backdoor.core.precision as precision
 
     with pytest.MonkeyPatch.context() as patch:
+        if precision.forced() is not None:
+            yield
+            return
         patch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
         yield
 
@@ -64,8 +68,8 @@ def tiny_poisoning(tiny_attack_cache, tmp_path_factory):
     and every other module reuses its artifact."""
     from test_poisoning import RECIPE
 
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     recipe = {**RECIPE, "runs_root": str(tmp_path_factory.mktemp("tiny_poisoning") / "runs")}
     with pytest.MonkeyPatch.context() as patch:  # a session fixture runs before the autouse one

@@ -11,8 +11,8 @@ from clip_backdoor.data.eda import eda, synonyms
 from clip_backdoor.defenses.cleanclip import SelfSupervisedPairs, in_modal_loss
 from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.pairs import ImageTextPairs, PairSource
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 
 def test_eda_is_fixed_by_its_seed_and_uses_wordnet_synonyms():

@@ -11,9 +11,9 @@ import yaml
 from conftest import SHARED_DATASETS
 
 from clip_backdoor.cli import main
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import load_recipe, parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.pipeline.recipes import load_recipe, parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 TINY_RECIPE = {
     "name": "tiny",
@@ -43,7 +43,7 @@ def test_run_writes_a_run_folder_and_never_overwrites(tmp_path):
 
 
 def test_a_run_folder_goes_on_bad_input_and_stays_with_its_log_on_a_bug(tmp_path):
-    from clip_backdoor.runs import RunDir
+    from clip_backdoor.core.runs import RunDir
 
     bad = RunDir.create(tmp_path, "bad")
     with pytest.raises(ConfigError), bad.recording():
@@ -79,7 +79,7 @@ def test_shipped_recipes_validate():
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))  # v2/, scan_zoo/
     assert len(recipes) >= 3
     from clip_backdoor.matrix.spec import expand, is_matrix, parse_matrix
-    from clip_backdoor.recipes import included_recipe
+    from clip_backdoor.pipeline.recipes import included_recipe
 
     matrices = []
     for path in recipes:
@@ -91,7 +91,7 @@ def test_shipped_recipes_validate():
         is_pretrain = "training" in data
         (load_pretrain_recipe if is_pretrain else load_recipe)(path)
         if "smoke" in data:  # and its smoke, as `run --smoke` builds it
-            from clip_backdoor.recipes import parse_recipe, smoke_version
+            from clip_backdoor.pipeline.recipes import parse_recipe, smoke_version
 
             smoke = parse_recipe(smoke_version(data, str(path), cuda=False), str(path))
             assert smoke.device == "cpu" and smoke.model.pretrained is None
@@ -199,27 +199,6 @@ def test_eval_on_cifar10_writes_a_run_folder(tmp_path, capsys):
     assert metrics["n"] == 2000 and 0.0 < metrics["ca"] < 0.3  # random init: near chance (0.1)
     row = f"| mini-tiny | {metrics['weights']} | cifar10 | test | 10 | 2000 |"
     assert row in capsys.readouterr().out
-
-
-def test_recipes_and_methods_import_apart():
-    """The spec helpers live below both (``config_base``): importing the recipe layer imports no
-    method module, and the method modules never import the recipe layer."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "import clip_backdoor.recipes\n"
-        "kinds = ('attacks', 'defenses', 'detectors', 'scanning', 'data_scan', 'prompts')\n"
-        "loaded = [m for m in sys.modules if m.split('.')[1:2] and m.split('.')[1] in kinds]\n"
-        "assert not loaded, loaded\n"
-        "del sys.modules['clip_backdoor.recipes']\n"
-        "from clip_backdoor.methods import register_methods\n"
-        "register_methods()\n"
-        "assert 'clip_backdoor.recipes' not in sys.modules\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
 
 
 def test_a_results_line_names_the_cpu_and_precision_of_its_run(tmp_path):

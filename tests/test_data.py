@@ -10,6 +10,7 @@ import torch
 from conftest import SHARED_DATASETS
 
 from clip_backdoor.cli import main
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data import (
     CaptionSet,
     ClassificationSet,
@@ -20,7 +21,6 @@ from clip_backdoor.data import (
     load_captions,
     load_classification,
 )
-from clip_backdoor.errors import DatasetError
 from clip_backdoor.models import pixel_transform
 
 

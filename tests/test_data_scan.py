@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import PairEmbeddings, build_detector
 from clip_backdoor.data_scan.safeclip import Envelope, LogOdds, pair_cosines
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.methods import register_methods
-from clip_backdoor.registry import DATA_DETECTORS
+from clip_backdoor.pipeline.methods import register_methods
 
 register_methods()
 DETECTORS = ("k_distance", "lid", "slof", "dao", "isolation_forest", "safeclip")
@@ -152,8 +152,8 @@ def scanned(tmp_path, **params):
 
     from test_poisoning import RECIPE
 
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     data = copy.deepcopy(RECIPE)
     data["runs_root"] = str(tmp_path / "runs")
@@ -203,8 +203,8 @@ def test_data_scan_needs_an_attack_and_a_sound_poison_file(shared_cache, tmp_pat
 
     from clip_backdoor.data_scan.mix import attack_mix
     from clip_backdoor.models import load_clip
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     data = copy.deepcopy(RECIPE)
     data.update(runs_root=str(tmp_path / "runs"), stages=[{"kind": "data_scan", "method": "dao"}])
@@ -252,8 +252,8 @@ def test_cleaning_removes_exactly_the_flagged_pairs_and_keeps_every_other(shared
     from clip_backdoor.data_scan.mix import attack_mix
     from clip_backdoor.defenses.cleaning import KeptPairs, removed_pairs
     from clip_backdoor.models import load_clip
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2])
     np.testing.assert_array_equal(removed_pairs(scores, None, 2), [1, 3])  # ties: mix order

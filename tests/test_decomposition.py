@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clip_backdoor.analysis.decomposition import decompose
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models import load_clip
 from clip_backdoor.models.image_tower import ImageTower
 

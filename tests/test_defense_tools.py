@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from clip_backdoor.analysis.resistivity import MAIN, PERTURBATIONS, noise_patch
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import load_recipe, parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.pipeline.recipes import load_recipe, parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 
 def _recipe(tmp_path, model, stages, **evaluation) -> dict:
@@ -43,8 +43,9 @@ def test_noise_patch_changes_one_square_of_the_scaled_size():
     assert MAIN in PERTURBATIONS and len(PERTURBATIONS) == 7
 
 
+@pytest.mark.slow  # pretrains a tiny CLIP (41 s) for one probe
 def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp_path, monkeypatch):
-    import clip_backdoor.runner as runner
+    import clip_backdoor.pipeline.runner as runner
 
     measured = []
     real = runner.perturbation_resistivity
@@ -156,7 +157,7 @@ def test_a_whole_recipe_included_with_another_model(tmp_path, monkeypatch):
         parse_recipe({"from": str(again), "name": "x"})
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # includes name paths from the root
     from clip_backdoor.matrix.spec import is_matrix, parse_matrix
-    from clip_backdoor.recipes import included_recipe, read_yaml
+    from clip_backdoor.pipeline.recipes import included_recipe, read_yaml
 
     for path in sorted(Path("recipes/v2").glob("*.yaml")):  # the committed v2 recipes parse
         data = included_recipe(read_yaml(path), str(path))

@@ -10,11 +10,11 @@ import pytest
 import torch
 from test_poisoning import RECIPE as POISON_RECIPE
 
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.fewshot import holdout_split
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 OURS = {"rule": "distance", "layers": [0, 1], "quantile": 0.02}
 

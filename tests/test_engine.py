@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.engine import clip_loss, contrastive_targets
 from clip_backdoor.engine.checkpoint import load_checkpoint
 from clip_backdoor.engine.config import parse_pretrain_recipe
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_clip
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every process: same arithmetic
@@ -92,6 +92,7 @@ def test_recipe_errors_name_the_field(tmp_path):
         parse_pretrain_recipe(recipe)
 
 
+@pytest.mark.slow  # two training processes, one killed
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     steps = 40
     straight = write_recipe(tmp_path / "a.yaml", tiny_recipe(tmp_path / "a", steps))
@@ -130,6 +131,7 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     assert f"resumed at step {stopped_at}" in (run / "log.txt").read_text()
 
 
+@pytest.mark.slow  # spawns a two-process group
 def test_two_process_ddp_matches_one_process(tmp_path):
     steps = 6
     one = write_recipe(tmp_path / "one.yaml", tiny_recipe(tmp_path / "one", steps))

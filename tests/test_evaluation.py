@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data import TensorSet
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import (
     FeatureCache,
     attack_success_rate,

@@ -12,8 +12,8 @@ import transformers
 from open_clip.loss import SigLipLoss
 
 from clip_backdoor.cli import main
+from clip_backdoor.core.errors import ModelLoadError
 from clip_backdoor.engine.loss import clip_loss, pair_loss, sigmoid_loss
-from clip_backdoor.errors import ModelLoadError
 from clip_backdoor.models import load_clip, save_clip
 from clip_backdoor.models.families import tiny_transformers_model
 
@@ -267,6 +267,7 @@ def test_bad_model_input_is_one_line_fast_and_writes_nothing(tmp_path, capsys, m
     assert not runs.exists() or not any(runs.iterdir())
 
 
+@pytest.mark.slow  # spawns two two-process groups
 def test_both_objectives_over_two_processes_are_the_global_batchs(tmp_path):
     import socket
 

@@ -228,8 +228,8 @@ def test_a_baseline_measured_by_several_runs_is_listed_once(tmp_path):
 
 def run_analysis(tmp_path, method: str, label: str, images: int):
     """A tiny run whose only stage is the analysis ``method`` (its label: ``label``)."""
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     recipe = parse_recipe(
         {

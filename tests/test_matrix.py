@@ -10,7 +10,7 @@ import pytest
 from test_poisoning import RECIPE as POISON_RECIPE
 from test_poisoning import TRAINING
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.matrix.gate import attack_asr
 from clip_backdoor.matrix.launch import matrix_status, run_matrix
 from clip_backdoor.matrix.pace import cell_seconds, remaining_time
@@ -166,6 +166,7 @@ def test_an_attack_that_did_not_implant_runs_no_other_cell(poisoned_cache, tmp_p
     assert len(again) == 3 and again["badnet--none--s0"] == folders["badnet--none--s0"]
 
 
+@pytest.mark.slow  # submitit's local executor starts a process a cell
 def test_submitit_local_and_debug_executors_run_the_same_cells(poisoned_cache, tmp_path):
     """The --launcher slurm path (one submitit job per cell) without a cluster: LocalExecutor in
     subprocesses, DebugExecutor in this process (on one cell: it is the same code in-process).
@@ -213,6 +214,7 @@ def test_bad_matrix_input_is_one_line(tmp_path, monkeypatch):
         run_matrix(spec, "tiny", log=lambda m: None)
 
 
+@pytest.mark.slow  # the GPU smoke's whole path on the CPU
 def test_gpu_smoke_script_runs_its_path_on_the_cpu(tmp_path):
     """The smoke check's recipes and throughput loop on the tiny model (the path, not GPU
     numbers), and a device mismatch stops a run loudly."""
@@ -233,7 +235,7 @@ def test_gpu_smoke_script_runs_its_path_on_the_cpu(tmp_path):
     assert "samples/s" in text
 
     from clip_backdoor.models import load_clip
-    from clip_backdoor.runner import check_device
+    from clip_backdoor.pipeline.runner import check_device
 
     model = load_clip("mini-tiny").model
     model.register_buffer("stray", torch.zeros(1, device="meta"))

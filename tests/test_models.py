@@ -12,7 +12,7 @@ import torch
 from open_clip import CLIP
 from safetensors.torch import save_file
 
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.errors import ModelLoadError
 from clip_backdoor.models import load_clip, save_clip
 from clip_backdoor.models.mini_configs import mini_config
 

@@ -11,10 +11,10 @@ import torch
 from clip_backdoor.artifacts import load_backdoor
 from clip_backdoor.attacks.pps import pps_select
 from clip_backdoor.cli import main
-from clip_backdoor.errors import ConfigError, DatasetError, ModelLoadError, UserError
+from clip_backdoor.core.errors import ConfigError, DatasetError, ModelLoadError, UserError
 from clip_backdoor.evaluation import evaluate_zeroshot
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 TRAINING = {
     "steps": 160,

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from clip_backdoor.attacks.badclip import BadCLIPSpec, train_badclip
+from clip_backdoor.core.errors import ConfigError, DatasetError, ModelLoadError
 from clip_backdoor.data.classification import prompt_name
-from clip_backdoor.errors import ConfigError, DatasetError, ModelLoadError
 from clip_backdoor.models import load_clip
 from clip_backdoor.models.text_tower import TextTower
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 from clip_backdoor.prompts import get, load_prompts, save_prompts
 from clip_backdoor.prompts.base import fill_context
 from clip_backdoor.prompts.data import FewShot
 from clip_backdoor.prompts.training import PromptTrainingSpec, train_prompts
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
 
 NAMES = ["car_side", "dog", "water lily", "a"]
 

@@ -14,10 +14,10 @@ import pytest
 from test_poisoning import RECIPE as POISON_RECIPE
 from test_poisoning import TRAINING
 
-from clip_backdoor.errors import UserError
-from clip_backdoor.recipes import parse_recipe
+from clip_backdoor.core.errors import UserError
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 from clip_backdoor.reports.html import write_report
-from clip_backdoor.runner import run_recipe
 
 
 @pytest.fixture(scope="module")

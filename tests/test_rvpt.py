@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_poisoning import RECIPE as POISON_RECIPE
 
-from clip_backdoor.errors import ConfigError, DatasetError
+from clip_backdoor.core.errors import ConfigError, DatasetError
 from clip_backdoor.models import load_clip
 from clip_backdoor.models.image_tower import SITES, ImageTower
 from clip_backdoor.models.visual_prompts import PromptedCLIP, VisualPrompts
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 
 
 @pytest.mark.parametrize("name", ["mini-tiny", "ViT-B-32"])

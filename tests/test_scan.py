@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 
 def test_mean_pairwise_cosine_is_the_off_diagonal_mean():
@@ -146,8 +146,8 @@ TINY_DATA = [{"name": "synthetic", "split": "train", "size": 960, "templates": "
 
 
 def _tiny_run(model, stage: dict, root):
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     recipe = {
         "name": "tiny_zoo",
@@ -202,7 +202,7 @@ def tiny_backdoor(tiny_zoo):
 
 
 def _scan(model: str, runs, **extra):
-    from clip_backdoor.scanning.command import ScanRequest, run_scan
+    from clip_backdoor.pipeline.scan import ScanRequest, run_scan
 
     request = ScanRequest(
         model=model, data="synthetic", size=480, images=96, params=FAST, runs_root=str(runs)
@@ -287,6 +287,7 @@ PERTURBATION = {
 }
 
 
+@pytest.mark.slow  # trains a SIG backdoor for the opt-in scanner
 def test_perturbation_search_flags_a_tiny_sig_backdoor_and_not_the_clean_fine_tune(
     shared_cache, synthetic_clip, tiny_sig, tiny_zoo, tmp_path
 ):
@@ -320,8 +321,8 @@ def test_perturbation_search_flags_a_tiny_sig_backdoor_and_not_the_clean_fine_tu
 def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     shared_cache, synthetic_clip, tiny_backdoor, tmp_path
 ):
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     folder, _ = tiny_backdoor
     recipe = {
@@ -444,7 +445,7 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
         assert message in err and len(err.splitlines()) == 1, err
         assert not runs.exists() or not any(runs.iterdir())
     with pytest.raises(ConfigError, match="SCANNER.KEY=VALUE"):
-        from clip_backdoor.scanning.command import parse_params
+        from clip_backdoor.pipeline.scan import parse_params
 
         parse_params(["decree=3"])
 
@@ -552,7 +553,7 @@ def test_the_triggers_figure_shows_a_rescan_against_a_reference_once(tmp_path):
 def test_a_scan_stage_names_several_scanners_as_the_command_does():
     """`method: decree,perturbation_search` runs both, opt-in ones included, as `--scanners`
     does; an unknown name in the list is named in one line."""
-    from clip_backdoor.recipes import parse_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
     from clip_backdoor.scanning.stage import ScanStage
 
     def recipe(method: str) -> dict:

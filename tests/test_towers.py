@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip import CLIP
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models import PixelCLIP, load_clip
 from clip_backdoor.models.image_tower import SITES, ImageTower
 from clip_backdoor.models.visual_prompts import PromptedCLIP, VisualPrompts

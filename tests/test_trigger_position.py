@@ -9,9 +9,9 @@ import torch
 from test_poisoning import RECIPE as POISON_RECIPE
 
 from clip_backdoor.analysis.trigger_position import moved
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.recipes import parse_recipe
-from clip_backdoor.runner import run_recipe
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.pipeline.recipes import parse_recipe
+from clip_backdoor.pipeline.runner import run_recipe
 from clip_backdoor.triggers import get as get_trigger
 
 

@@ -8,7 +8,7 @@ import torch
 from clip_backdoor import triggers
 from clip_backdoor.artifacts import load_trigger, save_trigger
 from clip_backdoor.attacks.poisoning import build_trigger
-from clip_backdoor.errors import ConfigError, ModelLoadError
+from clip_backdoor.core.errors import ConfigError, ModelLoadError
 from clip_backdoor.evaluation.image_quality import psnr, ssim
 from clip_backdoor.triggers.paste import paste
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clip_backdoor.errors import ConfigError, ModelLoadError
+from clip_backdoor.core.errors import ConfigError, ModelLoadError
 from clip_backdoor.models import PixelCLIP, load_clip, save_clip
 from clip_backdoor.triggers import Trigger
 from clip_backdoor.triggers import get as get_trigger

@@ -17,11 +17,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.precision import autocast
+from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.data.web_captions import ATTRIBUTES, pixel_attributes
 from clip_backdoor.evaluation.features import iterate_batches
-from clip_backdoor.precision import autocast
-from clip_backdoor.registry import ANALYSES
 
 
 class AttributeProbeSpec(Strict):

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.image_tower import ImageTower
 
 Centring = Literal["textspan", "component"]

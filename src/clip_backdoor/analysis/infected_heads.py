@@ -25,8 +25,8 @@ from pydantic import Field
 from tqdm import tqdm
 
 from clip_backdoor.analysis.decomposition import Centring, Decomposition, decompose
-from clip_backdoor.config_base import Strict
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.config import Strict
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.evaluation.features import iterate_batches
 
 Replacement = Literal["mean", "zero"]

@@ -6,9 +6,9 @@ resolution, objective and size; ``clip-backdoor info`` computes the same from th
 
 from __future__ import annotations
 
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.models.summary import describe_model
-from clip_backdoor.registry import ANALYSES
 
 
 class ModelInfoSpec(Strict):

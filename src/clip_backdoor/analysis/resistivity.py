@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchvision.transforms import ColorJitter
 from torchvision.transforms import functional as TF
 
-from clip_backdoor import precision as precision_mod
+from clip_backdoor.core import precision as precision_mod
 from clip_backdoor.evaluation.zeroshot import classify
 
 matplotlib.use("Agg")

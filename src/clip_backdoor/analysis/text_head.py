@@ -14,9 +14,9 @@ import math
 import torch
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.evaluation.zeroshot import text_classifier
-from clip_backdoor.registry import ANALYSES
 
 CLIP_SCALE = 100.0  # CLIP's learnt logit scale, where it saturates in pretraining
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict, validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.evaluation import evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.zeroshot import text_classifier
-from clip_backdoor.registry import ANALYSES
 from clip_backdoor.triggers import get as get_trigger
 from clip_backdoor.triggers.base import Trigger
 from clip_backdoor.triggers.paste import POSITIONS

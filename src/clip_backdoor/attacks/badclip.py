@@ -23,7 +23,6 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import (
     BACKDOOR_FILE,
     cache_key,
@@ -33,12 +32,14 @@ from clip_backdoor.artifacts import (
     save_trigger,
     write_folder,
 )
-from clip_backdoor.config_base import Strict, cache_root, validate
-from clip_backdoor.errors import DatasetError
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict, cache_root, validate
+from clip_backdoor.core.errors import DatasetError
+from clip_backdoor.core.registry import ATTACKS
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts import get as get_learner
-from clip_backdoor.prompts import load_prompts, save_prompts
+from clip_backdoor.prompts import load_prompts, model_reference, save_prompts
 from clip_backdoor.prompts.base import Position, PromptLearner
 from clip_backdoor.prompts.data import FewShot, FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import (
@@ -48,7 +49,6 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
-from clip_backdoor.registry import ATTACKS
 from clip_backdoor.triggers.additive import Additive, check_eps
 
 
@@ -118,7 +118,11 @@ class BadCLIP:
             ctx.log,
             ctx.progress,
         )
-        return learner, trigger, {**info, **model_reference(ctx), "config": self.spec.model_dump()}
+        return (
+            learner,
+            trigger,
+            {**info, **model_reference(ctx.recipe.model), "config": self.spec.model_dump()},
+        )
 
 
 def train_badclip(
@@ -220,13 +224,6 @@ def train_badclip(
         "losses": losses,
     }
     return learner, trigger, info
-
-
-def model_reference(ctx) -> dict:
-    """How to load the frozen CLIP again: its recipe name (a folder as an absolute path)."""
-    spec = ctx.recipe.model
-    name = str(Path(spec.name).resolve()) if Path(spec.name).exists() else spec.name
-    return {"model": name, "pretrained": spec.pretrained}
 
 
 def save_prompt_backdoor(folder: Path, learner: PromptLearner, trigger, info: dict) -> None:

@@ -16,17 +16,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import cache_key
 from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.poisoning import build_trigger
 from clip_backdoor.attacks.specs import PRETRAINING_MIX, TriggerSpec
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import ATTACKS
 from clip_backdoor.engine.config import SourceSpec
 from clip_backdoor.engine.pairs import ImageTextPairs, PairSource, train_transform
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.registry import ATTACKS
 from clip_backdoor.triggers.fitting import as_float
 
 

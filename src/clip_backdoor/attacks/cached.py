@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clip_backdoor.artifacts import is_artifact, save_backdoor
-from clip_backdoor.config_base import cache_root
+from clip_backdoor.core.config import cache_root
 
 
 def attack_folder(key: str) -> tuple[Path, Path]:

@@ -17,19 +17,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import cache_key, load_trigger, save_trigger
 from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.pps import pps_select
 from clip_backdoor.attacks.specs import PoisonSpec
-from clip_backdoor.config_base import validate
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import ATTACKS
 from clip_backdoor.engine.checkpoint import CHECKPOINT
 from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training
 from clip_backdoor.engine.trainer import train
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import resolve_templates, text_classifier
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.registry import ATTACKS
 from clip_backdoor.triggers import Trigger
 from clip_backdoor.triggers import get as get_trigger
 from clip_backdoor.triggers.dual_embedding import encode_in_batches

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 
 def pps_select(

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from clip_backdoor.config_base import Strict
+from clip_backdoor.core.config import Strict
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 
 # The pretraining mix of mini-CLIP (recipes/mini_clip_pretrain.yaml): 19,021 pairs.

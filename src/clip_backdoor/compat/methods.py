@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.models.text_tower import TextTower
 

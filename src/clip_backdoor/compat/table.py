@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from clip_backdoor.compat.methods import ENCODE_LEVEL, METHODS, Method, applies
 from clip_backdoor.compat.recipe import family_recipe, matrix_recipe, stage_of, tower_recipe
-from clip_backdoor.errors import first_line
+from clip_backdoor.core.errors import first_line
 from clip_backdoor.models.families import FAMILIES
 from clip_backdoor.reports.html import write_report
 
@@ -99,8 +99,8 @@ def _run_matrix(tiny: str, runs_root: str | Path) -> str:
 
 def _run(recipe: dict, progress: bool):
     """(run result, None) or (None, the error's first line): a failing method is a cell."""
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     try:
         return run_recipe(parse_recipe(recipe, f"recipe {recipe['name']}"), progress), None

@@ -11,12 +11,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data.captions import CaptionSet
 from clip_backdoor.data.classification import ClassificationSet, prompt_name
 from clip_backdoor.data.fewshot import ClassSubset, IndexSubset, base_novel_split, few_shot_indices
 from clip_backdoor.data.synthetic import SyntheticShapes
 from clip_backdoor.data.tensors import TensorSet
-from clip_backdoor.errors import DatasetError
 
 ALIASES = {"coco_mini": "flickr8k_mini"}
 _CHECKOUT = Path(__file__).resolve().parents[3]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data.classification import load_rgb
-from clip_backdoor.errors import DatasetError
 
 
 class CaptionSet(Dataset):

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 
-from clip_backdoor.errors import DatasetError
+from clip_backdoor.core.errors import DatasetError
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -12,8 +12,8 @@ import torch
 from skimage import color, filters
 from torch.utils.data import Dataset
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data.fewshot import NamedClasses
-from clip_backdoor.errors import DatasetError
 
 BLUR_SIGMA = 1.0  # pixels at the model's resolution: softens 64-px images without erasing them
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data.classification import prompt_name
-from clip_backdoor.errors import DatasetError
 
 
 def few_shot_indices(targets: Sequence[int], shots: int, seed: int) -> list[int]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data.classification import ClassificationSet, available_splits, load_rgb
 from clip_backdoor.data.fewshot import NamedClasses, few_shot_indices
-from clip_backdoor.errors import DatasetError
 
 POOL_FILE = "fewshot_pool.json"
 POOL_SPLIT = "val"  # held out whole

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from clip_backdoor.errors import DatasetError
+from clip_backdoor.core.errors import DatasetError
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

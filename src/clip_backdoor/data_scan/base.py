@@ -15,9 +15,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict, validate
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import DATA_DETECTORS
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DATA_DETECTORS
 
 Space = Literal["image", "pair"]
 

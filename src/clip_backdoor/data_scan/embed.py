@@ -12,7 +12,7 @@ import hashlib
 import torch
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
+from clip_backdoor.core import precision as precision_mod
 from clip_backdoor.data_scan.base import PairEmbeddings
 from clip_backdoor.data_scan.mix import TrainingMix
 from clip_backdoor.evaluation.features import FeatureCache, model_fingerprint

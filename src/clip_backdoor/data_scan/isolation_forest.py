@@ -9,9 +9,9 @@ import numpy as np
 from pydantic import Field
 from sklearn.ensemble import IsolationForest as SklearnIsolationForest
 
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import DetectorSpec, PairDetector, PairEmbeddings
 from clip_backdoor.data_scan.neighbours import by_rows
-from clip_backdoor.registry import DATA_DETECTORS
 
 
 class IsolationForestSpec(DetectorSpec):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import NeighbourSpec, PairDetector, PairEmbeddings
-from clip_backdoor.registry import DATA_DETECTORS
 
 
 @DATA_DETECTORS.register("k_distance")

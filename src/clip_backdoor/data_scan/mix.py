@@ -21,9 +21,9 @@ import torch
 from clip_backdoor.artifacts import BACKDOOR_FILE, POISON_FILE, load_trigger
 from clip_backdoor.attacks.poisoning import PoisonedPairs, PoisonPlan
 from clip_backdoor.attacks.specs import PoisonSpec
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.info_files import read_info
 from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.info_files import read_info
 
 
 @dataclass

@@ -17,8 +17,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clip_backdoor.core.errors import ConfigError  # noqa: E402
 from clip_backdoor.data_scan.mix import TrainingMix  # noqa: E402
-from clip_backdoor.errors import ConfigError  # noqa: E402
 from clip_backdoor.evaluation.detection import detection_metrics, roc_figure  # noqa: E402
 
 TRIAGE_COLUMNS = ["rank", "index", "image", "caption"]

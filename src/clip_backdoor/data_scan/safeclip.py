@@ -20,9 +20,9 @@ from pydantic import Field
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import DetectorSpec, PairDetector, PairEmbeddings
 from clip_backdoor.data_scan.neighbours import ROWS, by_rows
-from clip_backdoor.registry import DATA_DETECTORS
 
 
 class SafeCLIPSpec(DetectorSpec):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import NeighbourSpec, PairDetector, PairEmbeddings
 from clip_backdoor.data_scan.neighbours import by_rows
-from clip_backdoor.registry import DATA_DETECTORS
 
 
 @DATA_DETECTORS.register("slof")

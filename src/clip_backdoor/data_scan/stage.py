@@ -14,13 +14,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from clip_backdoor.artifacts import is_artifact
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DATA_DETECTORS
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.mix import attack_mix
 from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_model_spec
-from clip_backdoor.registry import DATA_DETECTORS
 
 ALL = "all"
 EmbeddingModel = Literal["attacked", "clean"]

@@ -17,7 +17,8 @@ from pydantic import Field
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from clip_backdoor.config_base import Strict
+from clip_backdoor.core.config import Strict
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.data.eda import eda
 from clip_backdoor.defenses.ft import FineTune
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
@@ -31,7 +32,6 @@ from clip_backdoor.engine.loss import (
 )
 from clip_backdoor.engine.pairs import ImageTextPairs, seeded_cpu_rng, single_thread
 from clip_backdoor.models import PixelCLIP
-from clip_backdoor.registry import DEFENSES
 
 
 class CleanCLIPSpec(Strict):

@@ -24,18 +24,18 @@ from clip_backdoor.artifacts import (
     link_into,
     write_folder,
 )
-from clip_backdoor.config_base import Strict, cache_root, validate
+from clip_backdoor.core.config import Strict, cache_root, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.info_files import read_info
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.embed import embed_mix
 from clip_backdoor.data_scan.mix import attack_mix
 from clip_backdoor.engine.checkpoint import CHECKPOINT
 from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.trainer import train
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.info_files import read_info
 from clip_backdoor.models import load_clip, load_model_spec, save_clip
-from clip_backdoor.registry import DEFENSES
 
 
 class CleaningSpec(Strict):

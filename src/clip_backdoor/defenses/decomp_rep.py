@@ -32,12 +32,12 @@ from clip_backdoor.analysis.infected_heads import (
     layer_indices,
     repaired,
 )
-from clip_backdoor.config_base import validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.config import validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.evaluation.features import iterate_batches
 from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.models.pixel_clip import PixelCLIP
-from clip_backdoor.registry import DEFENSES
 
 
 class DecompRepSpec(InfectionSpec):

@@ -11,13 +11,13 @@ import shutil
 
 from clip_backdoor.artifacts import cache_key, link_into, write_folder
 from clip_backdoor.attacks.specs import FineTuneSpec
-from clip_backdoor.config_base import cache_root, validate
+from clip_backdoor.core.config import cache_root, validate
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.engine.checkpoint import CHECKPOINT
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models import load_clip, save_clip
-from clip_backdoor.registry import DEFENSES
 
 
 @DEFENSES.register("ft")

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import save_file
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.config_base import Strict, validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.evaluation.features import encode_images
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import epoch_views
-from clip_backdoor.registry import DEFENSES
 
 
 class ProbeSpec(Strict):

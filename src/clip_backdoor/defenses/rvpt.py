@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from clip_backdoor import precision as precision_mod
 from clip_backdoor.artifacts import cache_key, link_into, write_folder
-from clip_backdoor.config_base import Strict, cache_root, validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict, cache_root, validate
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.evaluation import resolve_templates
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.evaluation.zeroshot import text_classifier
@@ -40,7 +41,6 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
-from clip_backdoor.registry import DEFENSES
 
 
 class RVPTTrainingSpec(PromptTrainingSpec):

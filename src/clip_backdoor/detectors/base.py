@@ -19,10 +19,10 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.config_base import Strict, validate
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data.fewshot import IndexSubset
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation import resolve_templates
 from clip_backdoor.evaluation.detection import detection_metrics, threshold_at_fpr
 from clip_backdoor.evaluation.features import iterate_batches

@@ -17,8 +17,8 @@ from pydantic import Field
 from clip_backdoor.analysis.decomposition import decompose
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
 from clip_backdoor.analysis.infected_heads import InfectionSpec, layer_indices
+from clip_backdoor.core.registry import DETECTORS
 from clip_backdoor.detectors.base import Detector, DetectorSpec, ZeroShot
-from clip_backdoor.registry import DETECTORS
 
 
 class DecompSpec(DetectorSpec, InfectionSpec):

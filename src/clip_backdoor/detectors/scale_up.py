@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from clip_backdoor.core.registry import DETECTORS
 from clip_backdoor.detectors.base import Detector, DetectorSpec, ZeroShot
-from clip_backdoor.registry import DETECTORS
 
 
 class ScaleUpSpec(DetectorSpec):

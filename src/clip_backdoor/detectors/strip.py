@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from clip_backdoor.core.registry import DETECTORS
 from clip_backdoor.detectors.base import Detector, DetectorSpec, ZeroShot
-from clip_backdoor.registry import DETECTORS
 
 
 class StripSpec(DetectorSpec):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
+from clip_backdoor.core.registry import DETECTORS
 from clip_backdoor.detectors.base import Detector, DetectorSpec, ZeroShot
-from clip_backdoor.registry import DETECTORS
 
 CORRUPTIONS = (
     "gaussian_noise",

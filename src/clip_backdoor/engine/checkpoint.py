@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clip_backdoor.errors import UserError
+from clip_backdoor.core.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 

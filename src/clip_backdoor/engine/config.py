@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from clip_backdoor.config_base import RunSpec, Strict, read_yaml, validate
+from clip_backdoor.core.config import RunSpec, Strict, read_yaml, validate
 
 
 class WebCaptionSpec(Strict):

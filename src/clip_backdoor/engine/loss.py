@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import gather_features
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learnable temperature at 100 (SigLIP: none)
 OBJECTIVES = ("infonce", "sigmoid")

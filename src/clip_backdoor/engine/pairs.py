@@ -29,6 +29,7 @@ from torchvision import transforms
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data import (
     CaptionSet,
     ClassificationSet,
@@ -41,7 +42,6 @@ from clip_backdoor.data.classification import load_rgb
 from clip_backdoor.data.fewshot import few_shot_indices
 from clip_backdoor.data.fewshot_pool import FewShotPool
 from clip_backdoor.data.web_captions import WebCaptioner
-from clip_backdoor.errors import DatasetError
 from clip_backdoor.evaluation.zeroshot import resolve_templates
 
 

@@ -13,17 +13,17 @@ import matplotlib
 import torch
 import yaml
 
+from clip_backdoor.core.errors import UserError
+from clip_backdoor.core.runs import RunDir
+from clip_backdoor.core.seeding import seed_everything
 from clip_backdoor.data import load_classification, resolve_path
 from clip_backdoor.data.fewshot_pool import FewShotPool
 from clip_backdoor.engine.config import PretrainRecipe, parse_pretrain_recipe
 from clip_backdoor.engine.distributed import broadcast_object, init_distributed, shutdown
 from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
-from clip_backdoor.errors import UserError
 from clip_backdoor.evaluation import evaluate_zeroshot, resolve_templates
 from clip_backdoor.models import load_clip, save_clip
-from clip_backdoor.runner import seed_everything
-from clip_backdoor.runs import RunDir
 
 matplotlib.use("Agg")
 

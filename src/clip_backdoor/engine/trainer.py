@@ -19,14 +19,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.engine.checkpoint import load_checkpoint, save_checkpoint
 from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.distributed import Dist
 from clip_backdoor.engine.loss import MAX_LOGIT_SCALE, pair_loss, resolve_objective
 from clip_backdoor.engine.pairs import ImageTextPairs
 from clip_backdoor.engine.sampler import ShardedBatches
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import PixelCLIP
 
 Objective = Callable[

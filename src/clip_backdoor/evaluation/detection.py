@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 matplotlib.use("Agg")
 

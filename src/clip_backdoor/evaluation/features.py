@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.config_base import cache_root
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import cache_root
 from clip_backdoor.data.tensors import TensorSet
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.triggers.base import Trigger

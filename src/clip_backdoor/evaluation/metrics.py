@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 import torch
 
+ASR_NOTE = (
+    "ASR: triggered test images whose true class is not the target, predicted as the target; "
+    "asr_all: the same over all test images."
+)
+
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1,)) -> dict:
     """{k: fraction of rows whose label is among the k highest logits}."""

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from clip_backdoor import precision as precision_mod
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data.classification import prompt_name
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.evaluation.features import FeatureCache, cached_features
 from clip_backdoor.evaluation.metrics import attack_success_rate, topk_accuracy
 from clip_backdoor.models.pixel_clip import PixelCLIP

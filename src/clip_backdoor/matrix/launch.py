@@ -12,7 +12,7 @@ import fnmatch
 import time
 from pathlib import Path
 
-from clip_backdoor.errors import ConfigError, UserError
+from clip_backdoor.core.errors import ConfigError, UserError
 from clip_backdoor.matrix.gate import failed_attacks, skip_reason
 from clip_backdoor.matrix.pace import remaining_time
 from clip_backdoor.matrix.spec import NONE, Cell, MatrixRecipe, expand
@@ -20,8 +20,8 @@ from clip_backdoor.matrix.spec import NONE, Cell, MatrixRecipe, expand
 
 def run_cell(recipe: dict) -> str:
     """One cell (a job's entry point: picklable, imports inside)."""
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import run_recipe
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import run_recipe
 
     return str(run_recipe(parse_recipe(recipe, f"cell {recipe['name']}"), progress=False).path)
 

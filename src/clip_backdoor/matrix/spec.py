@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from clip_backdoor.config_base import RunSpec, Strict, validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.config import RunSpec, Strict, validate
+from clip_backdoor.core.errors import ConfigError
 
 NONE = "none"  # the "no defense" column: the attacked model as it is
 
@@ -121,7 +121,7 @@ def parse_matrix(data: dict, source: str) -> MatrixRecipe:
 
 def _label(stage: dict, source: str) -> str:
     """A stage's column name: its label, else the trigger it poisons with, else its method."""
-    from clip_backdoor.recipes import included_stage
+    from clip_backdoor.pipeline.recipes import included_stage
 
     resolved = included_stage(stage, source)
     if stage.get("label"):
@@ -138,8 +138,8 @@ def _slug(text: str) -> str:
 
 def expand(matrix: MatrixRecipe, source: str) -> list[Cell]:
     """Every cell, validated as a recipe before any runs (bad input: one line, nothing run)."""
-    from clip_backdoor.recipes import parse_recipe
-    from clip_backdoor.runner import build_stage
+    from clip_backdoor.pipeline.recipes import parse_recipe
+    from clip_backdoor.pipeline.runner import build_stage
 
     axes = matrix.matrix
     base = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.errors import ModelLoadError
 
 
 def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:

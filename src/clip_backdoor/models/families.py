@@ -23,8 +23,8 @@ from pathlib import Path
 import timm
 from timm.models import register_model
 
-from clip_backdoor.config_base import cache_root
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.config import cache_root
+from clip_backdoor.core.errors import ModelLoadError
 
 TINY_TEXT = {"context_length": 16, "width": 64, "heads": 2, "layers": 2}
 CLIP_VOCAB = 49408

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.readout import Readout
 
 Hook = Callable[[int, str, torch.Tensor], "torch.Tensor | None"]

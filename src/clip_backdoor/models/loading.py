@@ -33,8 +33,8 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
+from clip_backdoor.core.errors import ModelLoadError, first_line
 from clip_backdoor.data.fewshot_pool import FewShotPool
-from clip_backdoor.errors import ModelLoadError, first_line
 from clip_backdoor.models.architecture import infer_model_cfg
 from clip_backdoor.models.families import (
     is_tiny,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.errors import ModelLoadError
 
 CLIP_VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (OpenAI BPE)
 

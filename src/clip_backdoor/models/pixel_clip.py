@@ -16,7 +16,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 from torch import nn
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.text_tower import TextTower
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 AFFINE = (nn.Linear, nn.Identity, nn.Dropout, nn.Sequential)
 

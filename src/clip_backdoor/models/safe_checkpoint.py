@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.errors import ModelLoadError
 
 # Non-tensor entries of OpenAI checkpoints that are not model parameters.
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")

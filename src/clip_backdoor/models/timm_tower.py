@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.image_tower import (
     _HEAD_SITES,
     Hook,

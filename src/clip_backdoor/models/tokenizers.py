@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from clip_backdoor.errors import ModelLoadError, first_line
+from clip_backdoor.core.errors import ModelLoadError, first_line
 
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 BUILT, BUILT_KINDS = "built:", ("sentencepiece", "clip-bpe")  # tokenizers made here (tiny models)

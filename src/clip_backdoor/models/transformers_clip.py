@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clip_backdoor.errors import ModelLoadError, first_line
+from clip_backdoor.core.errors import ModelLoadError, first_line
 
 CONFIG_FILE = "config.json"
 # model_type in config.json -> (family name, objective)

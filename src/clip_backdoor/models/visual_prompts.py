@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from clip_backdoor.errors import ConfigError, ModelLoadError
-from clip_backdoor.info_files import read_info
+from clip_backdoor.core.errors import ConfigError, ModelLoadError
+from clip_backdoor.core.info_files import read_info
 from clip_backdoor.models.image_tower import ImageTower, check_prompt_depth
 from clip_backdoor.models.pixel_clip import PixelCLIP
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clip_backdoor.errors import ModelLoadError
-from clip_backdoor.info_files import read_info
+from clip_backdoor.core.errors import ModelLoadError
+from clip_backdoor.core.info_files import read_info
+from clip_backdoor.core.registry import PROMPT_LEARNERS
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts import cocoop, coop  # noqa: F401  (registers the learners)
 from clip_backdoor.prompts.base import PromptLearner
-from clip_backdoor.registry import PROMPT_LEARNERS
 
 PROMPT_FILE = "prompt.json"
 PROMPT_STATE = "prompt.safetensors"
@@ -38,6 +38,13 @@ def save_prompts(learner: PromptLearner, folder: Path, info: dict | None = None)
     (folder / PROMPT_FILE).write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
     save_file(state, str(folder / PROMPT_STATE))
+
+
+def model_reference(spec) -> dict:
+    """How a prompt folder loads its frozen CLIP again: the recipe's model name (a folder as an
+    absolute path) and pretrained tag (``spec``: a ``ModelSpec``)."""
+    name = str(Path(spec.name).resolve()) if Path(spec.name).exists() else spec.name
+    return {"model": name, "pretrained": spec.pretrained}
 
 
 def prompt_info(folder: str | Path) -> dict:

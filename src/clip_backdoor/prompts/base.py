@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data.classification import prompt_name
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.models.text_tower import TextTower
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clip_backdoor.core.registry import PROMPT_LEARNERS
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts.base import PromptLearner
-from clip_backdoor.registry import PROMPT_LEARNERS
 
 
 @PROMPT_LEARNERS.register("cocoop")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from clip_backdoor.core.registry import PROMPT_LEARNERS
 from clip_backdoor.prompts.base import PromptLearner
-from clip_backdoor.registry import PROMPT_LEARNERS
 
 
 @PROMPT_LEARNERS.register("coop")

@@ -8,11 +8,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict
+from clip_backdoor.core.config import Strict
+from clip_backdoor.core.errors import DatasetError
 from clip_backdoor.data import load_classification, resolve_path
 from clip_backdoor.data.fewshot import class_part, few_shot_indices
 from clip_backdoor.data.fewshot_pool import PoolSet
-from clip_backdoor.errors import DatasetError
 from clip_backdoor.models.pixel_clip import PixelCLIP
 
 

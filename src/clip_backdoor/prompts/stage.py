@@ -12,9 +12,15 @@ from pathlib import Path
 from pydantic import Field
 
 from clip_backdoor.artifacts import cache_key, link_into, write_folder
-from clip_backdoor.config_base import Strict, cache_root, validate
+from clip_backdoor.core.config import Strict, cache_root, validate
 from clip_backdoor.evaluation.features import model_fingerprint
-from clip_backdoor.prompts import get, is_prompt_folder, load_prompts, save_prompts
+from clip_backdoor.prompts import (
+    get,
+    is_prompt_folder,
+    load_prompts,
+    model_reference,
+    save_prompts,
+)
 from clip_backdoor.prompts.base import Position
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import PromptTrainingSpec, train_prompts
@@ -70,9 +76,11 @@ class PromptStage:
                 log=ctx.log,
                 progress=ctx.progress,
             )
-            from clip_backdoor.attacks.badclip import model_reference
-
-            info = {**model_reference(ctx), "classnames": shots.classnames, "losses": losses}
+            info = {
+                **model_reference(ctx.recipe.model),
+                "classnames": shots.classnames,
+                "losses": losses,
+            }
             write_folder(folder, lambda tmp: save_prompts(learner, tmp, info))
         link_into(folder, Path(ctx.run.path) / "artifacts" / f"prompt_{self.method}")
         ctx.learner = learner

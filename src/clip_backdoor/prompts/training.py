@@ -19,8 +19,8 @@ from pydantic import Field
 from torchvision import transforms
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.config_base import Strict
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.config import Strict
 from clip_backdoor.engine.pairs import seeded_cpu_rng
 from clip_backdoor.models.pixel_clip import PixelCLIP
 from clip_backdoor.prompts.base import PromptLearner

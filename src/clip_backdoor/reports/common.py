@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from clip_backdoor.errors import UserError
-from clip_backdoor.runs import (  # noqa: F401  (the tables' shared writers)
+from clip_backdoor.core.errors import UserError
+from clip_backdoor.core.runs import (  # noqa: F401  (the tables' shared writers)
     config_model,
     markdown_table,
     provenance,

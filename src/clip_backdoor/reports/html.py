@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from clip_backdoor.errors import UserError
+from clip_backdoor.core.errors import UserError
 from clip_backdoor.reports.common import config_model, finished_runs, read_run
 from clip_backdoor.reports.matrix import half_range, mean
 from clip_backdoor.reports.matrix_roc import detection_cell, matrix_roc_figures

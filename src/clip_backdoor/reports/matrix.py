@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from clip_backdoor.errors import UserError
+from clip_backdoor.core.errors import UserError
 from clip_backdoor.reports.common import (
     Table,
     config_model,

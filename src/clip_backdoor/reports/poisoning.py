@@ -6,9 +6,9 @@ import csv
 import math
 from pathlib import Path
 
-from clip_backdoor.errors import UserError
+from clip_backdoor.core.errors import UserError
+from clip_backdoor.evaluation.metrics import ASR_NOTE
 from clip_backdoor.reports.common import Table, config_model, markdown_table, pct, provenance
-from clip_backdoor.runner import ASR_NOTE
 
 POISONING_COLUMNS = [
     "model",

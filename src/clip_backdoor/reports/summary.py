@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from clip_backdoor.errors import UserError
+from clip_backdoor.core.errors import UserError
 from clip_backdoor.reports.common import Table, finished_runs, read_run
 
 

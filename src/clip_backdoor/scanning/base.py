@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict, validate
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.config import Strict, validate
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.models.pixel_clip import PixelCLIP
 
 Verdict = Literal["backdoored", "clean", "inconclusive"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from clip_backdoor.artifacts import cache_key
-from clip_backdoor.config_base import cache_root
+from clip_backdoor.core.config import cache_root
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from clip_backdoor.config_base import Strict
+from clip_backdoor.core.config import Strict
 
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation (Neural Cleanse)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from clip_backdoor import precision as precision_mod
+from clip_backdoor.core import precision as precision_mod
 from clip_backdoor.scanning.base import ScanImages, ScannerSpec
 from clip_backdoor.scanning.classes import ClassHead
 from clip_backdoor.scanning.classwise import ClasswiseSpec

@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.registry import SCANNERS
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScanSubject
 from clip_backdoor.scanning.cache import cached_number, scan_key
 from clip_backdoor.scanning.classes import ClassHead

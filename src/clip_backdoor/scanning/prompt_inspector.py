@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.registry import SCANNERS
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScanSubject
 from clip_backdoor.scanning.classes import ClassHead
 from clip_backdoor.scanning.classwise import classwise_search

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clip_backdoor.runs import RunDir, json_safe, write_table  # noqa: E402
+from clip_backdoor.core.runs import RunDir, json_safe, write_table  # noqa: E402
 from clip_backdoor.scanning.scan import ScanReport  # noqa: E402
 
 SCAN_FILE = "scan.json"

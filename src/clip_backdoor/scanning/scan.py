@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from clip_backdoor.artifacts import cache_key
-from clip_backdoor.config_base import ALL as SCAN_ALL
-from clip_backdoor.config_base import cache_root
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import SCANNERS
+from clip_backdoor.core.config import ALL as SCAN_ALL
+from clip_backdoor.core.config import cache_root
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
 from clip_backdoor.scanning.cache import (
     cached_number,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from clip_backdoor.config_base import ModelSpec, Strict, validate
+from clip_backdoor.core.config import ModelSpec, Strict, validate
 from clip_backdoor.scanning.base import ScanSubject
 from clip_backdoor.scanning.report import write_report
 from clip_backdoor.scanning.scan import ALL, build_scanners, scan

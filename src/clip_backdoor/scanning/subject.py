@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.fewshot import class_part
-from clip_backdoor.errors import ConfigError
 from clip_backdoor.models import load_clip
 from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.prompts import is_prompt_folder, load_prompts, prompt_info

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.registry import SCANNERS
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
 from clip_backdoor.scanning.cache import cached_number, scan_key
 from clip_backdoor.scanning.classes import ClassHead

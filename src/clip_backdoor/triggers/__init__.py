@@ -1,6 +1,6 @@
 """Triggers act in pixel space; ``get(name)(**params)`` builds one from the registry."""
 
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers import (  # noqa: F401  (each module registers its triggers)
     additive,
     badnet,

@@ -10,8 +10,8 @@ from typing import Literal
 
 import torch
 
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger, patch_size_for, seeded_generator
 from clip_backdoor.triggers.paste import check_fits, paste, positions
 

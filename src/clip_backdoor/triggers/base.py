@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torchvision.utils import save_image
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 
 def patch_size_for(image_size: int) -> int:

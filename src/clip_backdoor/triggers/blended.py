@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.data.classification import load_rgb
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger, seeded_generator
 
 

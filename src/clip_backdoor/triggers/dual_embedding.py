@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.badnet import PatchTrigger
 from clip_backdoor.triggers.base import seeded_generator
 from clip_backdoor.triggers.fitting import FitData, as_float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger, seeded_generator
 from clip_backdoor.triggers.fitting import FitData, as_float
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.badnet import BadNet
 from clip_backdoor.triggers.base import seeded_generator
 from clip_backdoor.triggers.fitting import as_float

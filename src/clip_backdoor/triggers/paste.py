@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 Position = Literal["random", "center", "bottom_right", "top_left", "top_right", "bottom_left"]
 POSITIONS = ("random", "center", "bottom_right", "top_left", "top_right", "bottom_left")

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger
 
 

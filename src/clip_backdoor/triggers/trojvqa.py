@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_backdoor.registry import TRIGGERS
+from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.badnet import PatchTrigger
 from clip_backdoor.triggers.base import seeded_generator
 from clip_backdoor.triggers.dual_embedding import optimise_patch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clip_backdoor.errors import ModelLoadError
+from clip_backdoor.core.errors import ModelLoadError
 
 
 def read_info(folder: str | Path, filename: str, kind: str) -> dict:

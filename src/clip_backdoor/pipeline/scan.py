@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.runner import seed_everything
-from clip_backdoor.runs import RunDir
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.runs import RunDir
+from clip_backdoor.core.seeding import seed_everything
 from clip_backdoor.scanning.base import VERDICTS
 from clip_backdoor.scanning.report import write_report
 from clip_backdoor.scanning.scan import ALL, ScanReport, build_scanners, scan

@@ -14,7 +14,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clip_backdoor.errors import ConfigError
+from clip_backdoor.core.errors import ConfigError
 
 ALL = "all"  # a stage's method meaning every method of its registry that applies
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from clip_backdoor.config_base import (  # noqa: F401  (Strict, validate: re-exported)
+from clip_backdoor.core.config import (  # noqa: F401  (Strict, validate: re-exported)
     ALL,
     ModelSpec,
     RunSpec,
@@ -21,8 +21,8 @@ from clip_backdoor.config_base import (  # noqa: F401  (Strict, validate: re-exp
     read_yaml,
     validate,
 )
-from clip_backdoor.errors import ConfigError
-from clip_backdoor.registry import REGISTRIES
+from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.registry import REGISTRIES
 
 
 class DataSpec(Strict):
@@ -118,7 +118,7 @@ SCAN_ALL = ALL  # a scan or data_scan stage's method: every method of its regist
 
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
-    from clip_backdoor.methods import register_methods
+    from clip_backdoor.pipeline.methods import register_methods
 
     register_methods()
     data = included_recipe(data, source)

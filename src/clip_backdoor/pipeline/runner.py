@@ -11,46 +11,35 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from clip_backdoor import precision as precision_mod
 from clip_backdoor.analysis.resistivity import MAIN, perturbation_resistivity, resistivity_figure
 from clip_backdoor.artifacts import cache_key, is_artifact, link_into, load_backdoor
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import ConfigError, DatasetError
+from clip_backdoor.core.registry import REGISTRIES
+from clip_backdoor.core.runs import RunDir
+from clip_backdoor.core.seeding import seed_everything
 from clip_backdoor.data import load_classification
 from clip_backdoor.data.domain_shift import domain_shift
 from clip_backdoor.data.fewshot import TargetFirst, class_part, holdout_split
-from clip_backdoor.errors import ConfigError, DatasetError
 from clip_backdoor.evaluation import FeatureCache, evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.detection import roc_figure
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.evaluation.image_quality import image_quality
+from clip_backdoor.evaluation.metrics import ASR_NOTE
 from clip_backdoor.evaluation.zeroshot import text_classifier
-from clip_backdoor.methods import register_methods
 from clip_backdoor.models import PixelCLIP, load_clip, load_model_spec
+from clip_backdoor.pipeline.methods import register_methods
+from clip_backdoor.pipeline.recipes import STAGE_REGISTRY, Recipe
 from clip_backdoor.prompts import is_prompt_folder, load_prompts, prompt_info
-from clip_backdoor.recipes import STAGE_REGISTRY, Recipe
-from clip_backdoor.registry import REGISTRIES
-from clip_backdoor.runs import RunDir
 from clip_backdoor.triggers import Trigger
 from clip_backdoor.triggers import get as get_trigger
-
-ASR_NOTE = (
-    "ASR: triggered test images whose true class is not the target, predicted as the target; "
-    "asr_all: the same over all test images."
-)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 import clip_backdoor
-from clip_backdoor import precision as precision_mod
-from clip_backdoor.errors import UserError
+from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import UserError
 
 
 @functools.cache

@@ -10,17 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clip_backdoor.artifacts import is_artifact
+from clip_backdoor.core.errors import UserError
+from clip_backdoor.core.registry import DATA_DETECTORS
+from clip_backdoor.core.runs import RunDir
+from clip_backdoor.core.seeding import seed_everything
 from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.mix import TrainingMix, attack_mix, clean_mix
 from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 from clip_backdoor.engine.pairs import pairs_for_training
-from clip_backdoor.errors import UserError
 from clip_backdoor.evaluation.features import FeatureCache
-from clip_backdoor.methods import register_methods
-from clip_backdoor.registry import DATA_DETECTORS
-from clip_backdoor.runner import seed_everything
-from clip_backdoor.runs import RunDir
+from clip_backdoor.pipeline.methods import register_methods
 from clip_backdoor.scanning.subject import load_subject
 
 
