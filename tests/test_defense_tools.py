@@ -45,12 +45,12 @@ def test_noise_patch_changes_one_square_of_the_scaled_size():
 
 @pytest.mark.slow  # pretrains a tiny CLIP (41 s) for one probe
 def test_linear_probe_and_resistivity_on_a_trained_tiny_clip(synthetic_clip, tmp_path, monkeypatch):
-    import clip_backdoor.pipeline.runner as runner
+    import clip_backdoor.pipeline.points as points
 
     measured = []
-    real = runner.perturbation_resistivity
+    real = points.perturbation_resistivity
     monkeypatch.setattr(
-        runner, "perturbation_resistivity", lambda *a, **k: measured.append(1) or real(*a, **k)
+        points, "perturbation_resistivity", lambda *a, **k: measured.append(1) or real(*a, **k)
     )
     recipe = _recipe(tmp_path, synthetic_clip, [PROBE], resistivity=64)
     result = run_recipe(parse_recipe(recipe), progress=False)

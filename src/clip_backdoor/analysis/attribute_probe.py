@@ -22,6 +22,7 @@ from clip_backdoor.core.precision import autocast
 from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.data.web_captions import ATTRIBUTES, pixel_attributes
 from clip_backdoor.evaluation.features import iterate_batches
+from clip_backdoor.stages import StageOutput
 
 
 class AttributeProbeSpec(Strict):
@@ -78,7 +79,7 @@ class AttributeProbe:
     def __init__(self, **params) -> None:
         self.spec = validate(AttributeProbeSpec, params, "analysis attribute_probe")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         seed, results, table = ctx.recipe.seed, {}, []
         for data in ctx.test_sets:
             features, labels = features_and_attributes(
@@ -107,4 +108,4 @@ class AttributeProbe:
         )
         headers = ["model", "data", "attribute", "classes", "probe %", "majority %"]
         ctx.run.write_table(f"attribute_probe_{ctx.stage_label}", headers, table, note)
-        return {"sets": results}
+        return StageOutput({"sets": results})

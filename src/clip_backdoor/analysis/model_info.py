@@ -9,6 +9,7 @@ from __future__ import annotations
 from clip_backdoor.core.config import Strict, validate
 from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.models.summary import describe_model
+from clip_backdoor.stages import StageOutput
 
 
 class ModelInfoSpec(Strict):
@@ -20,7 +21,7 @@ class ModelInfo:
     def __init__(self, **params) -> None:
         self.spec = validate(ModelInfoSpec, params, "analysis model_info")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         info = describe_model(ctx.model)
         ctx.log(f"model {info['name']}: {info['family']}, {info['objective']}")
-        return info
+        return StageOutput(info)

@@ -17,6 +17,7 @@ from pydantic import Field
 from clip_backdoor.core.config import Strict, validate
 from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.evaluation.zeroshot import text_classifier
+from clip_backdoor.stages import StageOutput
 
 CLIP_SCALE = 100.0  # CLIP's learnt logit scale, where it saturates in pretraining
 
@@ -50,7 +51,7 @@ class TextHead:
     def __init__(self, **params) -> None:
         self.spec = validate(TextHeadSpec, params, "analysis text_head")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         own = float(ctx.model.logit_scale.detach().exp())
         results, table = {}, []
         for data in ctx.test_sets:
@@ -79,4 +80,4 @@ class TextHead:
         )
         headers = ["model", "data", "classes", "mean cos", "max cos", "scale", "CE floor"]
         ctx.run.write_table(f"text_head_{ctx.stage_label}", headers + ["ln C"], table, note)
-        return {"text_head": results}
+        return StageOutput({"text_head": results})

@@ -17,6 +17,7 @@ from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.core.registry import ANALYSES
 from clip_backdoor.evaluation import evaluate_zeroshot, resolve_templates
 from clip_backdoor.evaluation.zeroshot import text_classifier
+from clip_backdoor.stages import StageOutput
 from clip_backdoor.triggers import get as get_trigger
 from clip_backdoor.triggers.base import Trigger
 from clip_backdoor.triggers.paste import POSITIONS
@@ -52,7 +53,7 @@ class TriggerPosition:
                 f"unknown trigger position(s) {', '.join(unknown)} (choose {', '.join(POSITIONS)})"
             )
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         if ctx.trigger is None or ctx.target is None:
             raise ConfigError("analysis trigger_position needs an attacked model and its target")
         trained = ctx.trigger.params.get("position")
@@ -87,4 +88,4 @@ class TriggerPosition:
         )
         headers = ["position", "trained", "ASR %"]
         ctx.run.write_table(f"trigger_position_{ctx.stage_label}", headers, table, note)
-        return {"trained": trained, "asr": results}
+        return StageOutput({"trained": trained, "asr": results})

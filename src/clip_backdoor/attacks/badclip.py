@@ -49,6 +49,7 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
+from clip_backdoor.stages import StageOutput
 from clip_backdoor.triggers.additive import Additive, check_eps
 
 
@@ -77,7 +78,7 @@ class BadCLIP:
     def __init__(self, **params) -> None:
         self.spec = validate(BadCLIPSpec, params, "attack badclip")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed, model = self.spec, ctx.recipe.seed, ctx.model
         shots = load_few_shot(spec.train, model, seed)
         target = spec.target or shots.classnames[0]
@@ -97,15 +98,16 @@ class BadCLIP:
             learner, trigger, info = self._train(ctx, shots, target)
             write_folder(folder, lambda tmp: save_prompt_backdoor(tmp, learner, trigger, info))
         link_into(folder, Path(ctx.run.path) / "artifacts" / "backdoor")
-        ctx.learner, ctx.trigger, ctx.target_name = learner, trigger, target
-        ctx.target_first = True
         trigger.render(Path(ctx.run.path) / "figures" / "trigger_additive.png")
         result = {k: v for k, v in info.items() if k not in ("config", "classnames")}
         if spec.figures:
             from clip_backdoor.analysis.prompt_figures import backdoor_figures
 
             result["fig2_mean_cosines"] = backdoor_figures(ctx, learner, trigger, target, seed)
-        return result | {"reused": reused}
+        state = ctx.state.but(
+            learner=learner, trigger=trigger, target_name=target, target_first=True
+        )
+        return StageOutput(result | {"reused": reused}, state)
 
     def _train(self, ctx, shots, target: str):
         learner, trigger, info = train_badclip(

@@ -27,6 +27,7 @@ from clip_backdoor.core.registry import ATTACKS
 from clip_backdoor.engine.config import SourceSpec
 from clip_backdoor.engine.pairs import ImageTextPairs, PairSource, train_transform
 from clip_backdoor.evaluation.features import model_fingerprint
+from clip_backdoor.stages import StageOutput
 from clip_backdoor.triggers.fitting import as_float
 
 
@@ -69,7 +70,7 @@ class BadEncoder:
     def __init__(self, **params) -> None:
         self.spec = validate(BadEncoderSpec, params, "attack badencoder")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed, model = self.spec, ctx.recipe.seed, ctx.model
         target = spec.target.replace("_", " ")
         ctx.require_target(target)

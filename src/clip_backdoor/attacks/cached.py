@@ -8,6 +8,7 @@ from pathlib import Path
 
 from clip_backdoor.artifacts import is_artifact, save_backdoor
 from clip_backdoor.core.config import cache_root
+from clip_backdoor.stages import StageOutput
 
 
 def attack_folder(key: str) -> tuple[Path, Path]:
@@ -16,7 +17,7 @@ def attack_folder(key: str) -> tuple[Path, Path]:
     return root / key, root / f"{key}.partial"
 
 
-def cached_attack(ctx, key: str, use_cache: bool, build: Callable[[Path], tuple]) -> dict:
+def cached_attack(ctx, key: str, use_cache: bool, build: Callable[[Path], tuple]) -> StageOutput:
     """``build(partial) -> (model, trigger, target, info, poison)`` runs only on a cache miss."""
     folder, partial = attack_folder(key)
     if use_cache and is_artifact(folder):

@@ -30,6 +30,7 @@ from clip_backdoor.engine.pairs import ImageTextPairs, pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation import resolve_templates, text_classifier
 from clip_backdoor.evaluation.features import model_fingerprint
+from clip_backdoor.stages import StageOutput
 from clip_backdoor.triggers import Trigger
 from clip_backdoor.triggers import get as get_trigger
 from clip_backdoor.triggers.dual_embedding import encode_in_batches
@@ -194,7 +195,7 @@ class PoisonAttack:
             "poison", model_fingerprint(model), self.spec.model_dump(), seed, data.summary
         )
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed = self.spec, ctx.recipe.seed
         model, tokenizer = ctx.model, ctx.tokenizer
         trigger = build_trigger(spec.trigger.name, spec.trigger.params, model.image_size, seed)

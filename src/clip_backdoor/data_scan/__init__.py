@@ -3,12 +3,3 @@
 Pair detectors register in ``DATA_DETECTORS`` (one file each, ``base.PairDetector``'s protocol):
 each scores every pair from a model's image and caption embeddings, higher = more suspect.
 """
-
-from clip_backdoor.data_scan import (  # noqa: F401
-    dao,
-    isolation_forest,
-    k_distance,
-    lid,
-    safeclip,
-    slof,
-)

@@ -21,6 +21,7 @@ from clip_backdoor.data_scan.base import build_detector
 from clip_backdoor.data_scan.mix import attack_mix
 from clip_backdoor.data_scan.scoring import TABLE_HEADERS, score_mix
 from clip_backdoor.models import load_model_spec
+from clip_backdoor.stages import StageKind, StageOutput, registered_stage
 
 ALL = "all"
 EmbeddingModel = Literal["attacked", "clean"]
@@ -51,7 +52,7 @@ class DataScanStage:
             )
         self.names = names
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, recipe = self.spec, ctx.recipe
         folder = ctx.run.path / "artifacts" / "backdoor"
         if not is_artifact(folder):
@@ -82,4 +83,15 @@ class DataScanStage:
         note = f"{len(mix)} pairs, {mix.poisoned} poisoned"
         ctx.run.write_table("data_scan", TABLE_HEADERS, rows, note)
         ctx.model.eval()
-        return out
+        return StageOutput(out)
+
+
+registered_stage(
+    StageKind(
+        "data_scan",
+        DATA_DETECTORS,
+        build=lambda method, params: DataScanStage(method, **params),
+        changes_model=False,
+        takes_all=True,
+    )
+)

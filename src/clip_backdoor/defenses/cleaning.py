@@ -36,6 +36,7 @@ from clip_backdoor.engine.config import TrainingSpec
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models import load_clip, load_model_spec, save_clip
+from clip_backdoor.stages import StageOutput
 
 
 class CleaningSpec(Strict):
@@ -100,7 +101,7 @@ class Cleaning:
         self.spec = validate(CleaningSpec, params, f"defense {self.kind}")
         build_detector(self.spec.detector, **self.spec.detector_params)  # bad input: now
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, recipe = self.spec, ctx.recipe
         folder = ctx.run.path / "artifacts" / "backdoor"
         if not is_artifact(folder):
@@ -152,6 +153,7 @@ class Cleaning:
             write_folder(target, lambda tmp: save_clip(clean, tmp, overwrite=True))
             shutil.rmtree(partial, ignore_errors=True)
             info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
-        ctx.model = load_clip(target, device=recipe.device).model
         link_into(target, ctx.run.path / "artifacts" / self.kind)
-        return {**info, "cache_key": key, "reused": reused}
+        cleaned = load_clip(target, device=recipe.device).model
+        metrics = {**info, "cache_key": key, "reused": reused}
+        return StageOutput(metrics, ctx.state.but(model=cleaned))

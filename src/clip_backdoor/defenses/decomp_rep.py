@@ -38,6 +38,7 @@ from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.evaluation.features import iterate_batches
 from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.models.pixel_clip import PixelCLIP
+from clip_backdoor.stages import StageOutput
 
 
 class DecompRepSpec(InfectionSpec):
@@ -162,7 +163,7 @@ class DecompRep:
     def __init__(self, **params) -> None:
         self.spec = validate(DecompRepSpec, params, "defense decomp_rep")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, model = self.spec, ctx.model
         if isinstance(model, RepairedCLIP):
             model = model.base  # a repair of a repair starts from the same decomposition
@@ -171,18 +172,19 @@ class DecompRep:
         stream = (
             stream_means(model, ctx.validation, spec.batch_size) if spec.site == "stream" else None
         )
-        ctx.model = RepairedCLIP(model, calibration, spec, ctx.recipe.seed, stream)
+        repaired = RepairedCLIP(model, calibration, spec, ctx.recipe.seed, stream)
         folder = ctx.run.path / "artifacts" / (ctx.stage_label or "decomp_rep")
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
-            {k: v.contiguous() for k, v in ctx.model.repair_state().items()},
+            {k: v.contiguous() for k, v in repaired.repair_state().items()},
             str(folder / "calibration.safetensors"),
         )
         info = {**spec.model_dump(), "validation_images": len(ctx.validation)}
         (folder / "decomp_rep.json").write_text(json.dumps(info, indent=2) + "\n")
-        replaced = ctx.model.fixed.nonzero().tolist() if spec.heads in ("fixed", "random") else []
+        replaced = repaired.fixed.nonzero().tolist() if spec.heads in ("fixed", "random") else []
         ctx.log(f"decomp_rep: calibrated on {len(ctx.validation)} clean validation images")
-        return {"validation_images": len(ctx.validation), "replaced_heads": replaced}
+        metrics = {"validation_images": len(ctx.validation), "replaced_heads": replaced}
+        return StageOutput(metrics, ctx.state.but(model=repaired))
 
 
 @torch.no_grad()

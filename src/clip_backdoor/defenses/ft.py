@@ -18,6 +18,7 @@ from clip_backdoor.engine.pairs import pairs_for_training
 from clip_backdoor.engine.trainer import train
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.models import load_clip, save_clip
+from clip_backdoor.stages import StageOutput
 
 
 @DEFENSES.register("ft")
@@ -36,7 +37,7 @@ class FineTune:
     def objective(self):
         return None  # the engine's InfoNCE
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec = self.spec
         pairs = pairs_for_training(
             spec.data,
@@ -53,7 +54,7 @@ class FineTune:
         return fine_tune_cached(ctx, self.kind, spec, data, pairs.summary, self.objective())
 
 
-def fine_tune_cached(ctx, kind: str, spec, data, summary, objective=None) -> dict:
+def fine_tune_cached(ctx, kind: str, spec, data, summary, objective=None) -> StageOutput:
     """Fine-tune ``ctx.model`` on ``data`` with the engine (or reuse an identical earlier run's
     model), then continue the run with it; resumable after an interruption."""
     seed = ctx.recipe.seed
@@ -79,6 +80,6 @@ def fine_tune_cached(ctx, kind: str, spec, data, summary, objective=None) -> dic
         write_folder(folder, lambda tmp: save_clip(ctx.model, tmp, overwrite=True))
         info.update(steps=result.steps, train_samples_per_s=result.samples_per_s)
         shutil.rmtree(partial, ignore_errors=True)
-    ctx.model = load_clip(folder, device=ctx.recipe.device).model
+    tuned = load_clip(folder, device=ctx.recipe.device).model
     link_into(folder, ctx.run.path / "artifacts" / kind)
-    return info
+    return StageOutput(info, ctx.state.but(model=tuned))

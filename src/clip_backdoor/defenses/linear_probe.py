@@ -21,6 +21,7 @@ from clip_backdoor.core.registry import DEFENSES
 from clip_backdoor.evaluation.features import encode_images
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import epoch_views
+from clip_backdoor.stages import StageOutput
 
 
 class ProbeSpec(Strict):
@@ -83,7 +84,7 @@ class LinearProbeDefense:
     def __init__(self, **params) -> None:
         self.spec = validate(ProbeSpec, params, "defense linear_probe")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed = self.spec, ctx.recipe.seed
         shots = load_few_shot(spec.train, ctx.model, seed)
         for data in ctx.test_sets:
@@ -98,10 +99,11 @@ class LinearProbeDefense:
         features = features.clone()  # out of inference mode: the probe backpropagates
         layer, losses = fit_probe(features, labels, len(shots.classnames), spec, seed)
         train_acc = (layer(features).argmax(1) == labels).float().mean().item()
-        ctx.learner = LinearProbe(layer.eval(), shots.classnames)
         folder = ctx.run.path / "artifacts" / "linear_probe"
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in layer.state_dict().items()}
         save_file(state, str(folder / "probe.safetensors"))
         ctx.log(f"linear probe: {len(labels)} images, final loss {losses[-1]:.4f}")
-        return {"images": len(labels), "final_loss": losses[-1], "train_accuracy": train_acc}
+        metrics = {"images": len(labels), "final_loss": losses[-1], "train_accuracy": train_acc}
+        probe = LinearProbe(layer.eval(), shots.classnames)
+        return StageOutput(metrics, ctx.state.but(learner=probe))

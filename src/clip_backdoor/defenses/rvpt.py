@@ -41,6 +41,7 @@ from clip_backdoor.prompts.training import (
     run_epochs,
     view_features,
 )
+from clip_backdoor.stages import StageOutput
 
 
 class RVPTTrainingSpec(PromptTrainingSpec):
@@ -197,7 +198,7 @@ class RVPT:
     def __init__(self, **params) -> None:
         self.spec = validate(RVPTSpec, {**self.defaults, **params}, f"defense {self.kind}")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         tower = ImageTower.of(ctx.model)  # a non-ViT model is a one-line error before any work
         if self.spec.feature != "embedding" and tower.prefix == 0:
             raise ConfigError(
@@ -222,11 +223,11 @@ class RVPT:
                 folder, lambda tmp: save_visual_prompts(prompted.visual_prompts, tmp, meta)
             )
             info.update(final_loss=losses[-1])
-        ctx.model = load_visual_prompts(folder, base)
-        info["prompt_parameters"] = ctx.model.visual_prompts.prompts.numel()
+        tuned = load_visual_prompts(folder, base)
+        info["prompt_parameters"] = tuned.visual_prompts.prompts.numel()
         info["model_parameters"] = sum(p.numel() for p in base.parameters())
         link_into(folder, ctx.run.path / "artifacts" / self.kind)
-        return info
+        return StageOutput(info, ctx.state.but(model=tuned))
 
 
 @DEFENSES.register("vpt")

@@ -22,11 +22,13 @@ from tqdm import tqdm
 from clip_backdoor.core import precision as precision_mod
 from clip_backdoor.core.config import Strict, validate
 from clip_backdoor.core.errors import ConfigError
+from clip_backdoor.core.runs import RunDir
 from clip_backdoor.data.fewshot import IndexSubset
 from clip_backdoor.evaluation import resolve_templates
-from clip_backdoor.evaluation.detection import detection_metrics, threshold_at_fpr
+from clip_backdoor.evaluation.detection import detection_metrics, roc_figure, threshold_at_fpr
 from clip_backdoor.evaluation.features import iterate_batches
 from clip_backdoor.evaluation.zeroshot import text_classifier
+from clip_backdoor.stages import StageOutput
 
 
 class DetectorSpec(Strict):
@@ -95,7 +97,7 @@ class Detector:
         ]
         return torch.cat(parts)
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed, label = self.spec, ctx.recipe.seed, ctx.stage_label or self.name
         target = ctx.target
         if ctx.trigger is None or ctx.trigger.is_identity or target is None:
@@ -136,7 +138,6 @@ class Detector:
                 s_clean.numpy(), s_trig.numpy()[success], spec.fpr
             )["auroc"]
         metrics.update(_filtering(s_val, s_clean, s_trig, p_clean, p_trig, labels, target, spec))
-        ctx.detections[label] = {"clean": s_clean.tolist(), "triggered": s_trig.tolist()}
         _write_scores(ctx, label, chosen, s_clean, s_trig, p_clean, p_trig, labels)
         metrics.update(self.report(ctx, label))
         metrics["validation_images"] = len(validation)
@@ -144,7 +145,8 @@ class Detector:
             f"detector {label}: AUROC {metrics['auroc']:.4f}, TPR {metrics['tpr_at_fpr']:.4f} at "
             f"FPR {spec.fpr:g} ({len(chosen)} clean + {len(chosen)} triggered test images)"
         )
-        return metrics
+        scores = {"clean": s_clean.tolist(), "triggered": s_trig.tolist()}
+        return StageOutput(metrics, detections=scores)
 
 
 def _load(dataset, batch_size: int) -> torch.Tensor:
@@ -186,3 +188,26 @@ def _write_scores(ctx, label, chosen, s_clean, s_trig, p_clean, p_trig, labels) 
             strict=True,
         ):
             writer.writerow(row)
+
+
+def detection_report(run: RunDir, outputs: dict[str, StageOutput]) -> str:
+    """After the last stage: the detectors' ROC curves and one table row per detector stage
+    (AUROC and the filter's effect, on the same inputs)."""
+    scores = {label: out.detections for label, out in outputs.items() if out.detections}
+    if not scores:
+        return ""
+    roc_figure(scores, run.path / "figures" / "roc.png")
+    headers = ["detector", "images", "AUROC", "TPR @ FPR", "FPR", "filter: ASR before", "after"]
+    rows = []
+    for label in scores:
+        m = outputs[label].metrics
+        rows.append(
+            [label, m["n_clean"], m["auroc"], m["tpr_at_fpr"], m["target_fpr"]]
+            + [100 * m["asr_before_filter"], 100 * m["asr_after_filter"]]
+        )
+    note = (
+        "Clean (negatives) and triggered (positives) versions of the same drawn test images "
+        "(true class not the target). Filter: inputs scoring above the target-FPR quantile of "
+        "clean validation scores are dropped; ASR % over the drawn images. ROC: figures/roc.png."
+    )
+    return run.write_table("detection", headers, rows, note)

@@ -139,7 +139,7 @@ def _slug(text: str) -> str:
 def expand(matrix: MatrixRecipe, source: str) -> list[Cell]:
     """Every cell, validated as a recipe before any runs (bad input: one line, nothing run)."""
     from clip_backdoor.pipeline.recipes import parse_recipe
-    from clip_backdoor.pipeline.runner import build_stage
+    from clip_backdoor.stages import build_stage
 
     axes = matrix.matrix
     base = {

@@ -23,6 +23,7 @@ from clip_backdoor.core.config import (  # noqa: F401  (Strict, validate: re-exp
 )
 from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.core.registry import REGISTRIES
+from clip_backdoor.stages import STAGE_KINDS
 
 
 class DataSpec(Strict):
@@ -77,7 +78,10 @@ class EvaluationSpec(Strict):
 
 
 class StageSpec(Strict):
-    kind: Literal["attack", "defense", "detection", "prompt", "analysis", "scan", "data_scan"]
+    kind: str = Field(
+        description="attack, defense, detection, prompt, analysis, scan or data_scan: a kind "
+        "registered in stages.STAGE_KINDS by the package of its methods"
+    )
     method: str
     label: str | None = Field(None, description="row name in the tables (default: method)")
     evaluate: bool = Field(True, description="evaluate the model after this stage")
@@ -105,18 +109,6 @@ class Recipe(RunSpec):
     )
 
 
-STAGE_REGISTRY = {
-    "attack": "attack",
-    "defense": "defense",
-    "detection": "detector",
-    "prompt": "prompt_learner",
-    "analysis": "analysis",
-    "scan": "scanner",
-    "data_scan": "data_detector",
-}
-SCAN_ALL = ALL  # a scan or data_scan stage's method: every method of its registry
-
-
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     from clip_backdoor.pipeline.methods import register_methods
 
@@ -129,17 +121,11 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
         data = {**data, "stages": [included_stage(stage, source) for stage in data["stages"]]}
     recipe = validate(Recipe, data, source, single)
     for index, stage in enumerate(recipe.stages):
-        registry = REGISTRIES[STAGE_REGISTRY[stage.kind]]
-        every = stage.kind in ("scan", "data_scan") and stage.method == SCAN_ALL
-        # a scan names several scanners as `--scanners` does: comma-separated
-        names = stage.method.split(",") if stage.kind == "scan" else [stage.method]
-        unknown = [name for name in names if name not in registry]
-        if unknown and not every:
-            known = ", ".join(registry.names()) or "none registered yet"
-            raise ConfigError(
-                f"{source}: stages.{index}.method: unknown {stage.kind} '{unknown[0]}' "
-                f"(known: {known})"
-            )
+        try:
+            STAGE_KINDS.get(stage.kind).check(stage.method)
+        except ConfigError as error:
+            field = "method" if stage.kind in STAGE_KINDS else "kind"
+            raise ConfigError(f"{source}: stages.{index}.{field}: {error}") from None
     if recipe.evaluation.trigger and recipe.evaluation.trigger.name not in REGISTRIES["trigger"]:
         known = ", ".join(REGISTRIES["trigger"].names())
         raise ConfigError(

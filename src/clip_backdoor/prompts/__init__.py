@@ -17,7 +17,6 @@ from clip_backdoor.core.errors import ModelLoadError
 from clip_backdoor.core.info_files import read_info
 from clip_backdoor.core.registry import PROMPT_LEARNERS
 from clip_backdoor.models.pixel_clip import PixelCLIP
-from clip_backdoor.prompts import cocoop, coop  # noqa: F401  (registers the learners)
 from clip_backdoor.prompts.base import PromptLearner
 
 PROMPT_FILE = "prompt.json"

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from clip_backdoor.artifacts import cache_key, link_into, write_folder
 from clip_backdoor.core.config import Strict, cache_root, validate
+from clip_backdoor.core.registry import PROMPT_LEARNERS
 from clip_backdoor.evaluation.features import model_fingerprint
 from clip_backdoor.prompts import (
     get,
@@ -24,6 +25,7 @@ from clip_backdoor.prompts import (
 from clip_backdoor.prompts.base import Position
 from clip_backdoor.prompts.data import FewShotSpec, load_few_shot
 from clip_backdoor.prompts.training import PromptTrainingSpec, train_prompts
+from clip_backdoor.stages import StageKind, StageOutput, registered_stage
 
 
 class PromptStageSpec(Strict):
@@ -41,7 +43,7 @@ class PromptStage:
         get(method)  # an unknown learner fails before the run starts
         self.spec = validate(PromptStageSpec, params, f"prompt {method}")
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, seed = self.spec, ctx.recipe.seed
         shots = load_few_shot(spec.train, ctx.model, seed)
         config = {"method": self.method, **spec.model_dump(exclude={"cache"})}
@@ -83,11 +85,16 @@ class PromptStage:
             }
             write_folder(folder, lambda tmp: save_prompts(learner, tmp, info))
         link_into(folder, Path(ctx.run.path) / "artifacts" / f"prompt_{self.method}")
-        ctx.learner = learner
-        return {
+        metrics = {
             "learner": self.method,
             "train_classes": len(shots.classnames),
             "train_images": len(shots.images),
             "final_loss": losses[-1] if losses else None,
             "reused": reused,
         }
+        return StageOutput(metrics, ctx.state.but(learner=learner))
+
+
+registered_stage(
+    StageKind("prompt", PROMPT_LEARNERS, build=lambda method, params: PromptStage(method, **params))
+)

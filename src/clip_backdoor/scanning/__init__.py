@@ -3,10 +3,3 @@
 Scanners register in ``SCANNERS`` (one file each, ``base.Scanner``'s protocol); ``scan.scan``
 runs them and combines their verdicts; ``report`` writes what a user reads.
 """
-
-from clip_backdoor.scanning import (  # noqa: F401
-    decree,
-    perturbation_search,
-    prompt_inspector,
-    target_search,
-)

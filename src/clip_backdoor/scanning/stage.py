@@ -13,10 +13,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from clip_backdoor.core.config import ModelSpec, Strict, validate
+from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import ScanSubject
 from clip_backdoor.scanning.report import write_report
 from clip_backdoor.scanning.scan import ALL, build_scanners, scan
 from clip_backdoor.scanning.subject import load_subject, scan_images
+from clip_backdoor.stages import StageKind, StageOutput, registered_stage
 
 
 class ScanImagesSpec(Strict):
@@ -47,7 +49,7 @@ class ScanStage:
             ALL if method == ALL else method.split(","), self.spec.scanners
         )
 
-    def run(self, ctx) -> dict:
+    def run(self, ctx) -> StageOutput:
         spec, model = self.spec, ctx.model
         name = spec.data.name or ctx.recipe.data[0].name
         images = scan_images(
@@ -84,4 +86,16 @@ class ScanStage:
         truth["target"] = ctx.target_name
         kind = "prompt_learner" if ctx.learner is not None else "checkpoint"
         summary = {**report.summary(), **context, "kind": kind, "truth": truth}
-        return {**summary, "folder": str(folder)}
+        return StageOutput({**summary, "folder": str(folder)})
+
+
+registered_stage(
+    StageKind(
+        "scan",
+        SCANNERS,
+        build=lambda method, params: ScanStage(method, **params),
+        changes_model=False,
+        takes_all=True,
+        several=True,
+    )
+)
