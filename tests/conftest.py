@@ -12,7 +12,8 @@ from PIL import Image
 
 import clip_backdoor  # noqa: F401  (installs the torchvision shim first)
 
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
 def pytest_configure(config):
@@ -28,6 +29,9 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIP_BACKDOOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # the results tables' bars: this checkout's, wherever a test runs from
+    monkeypatch.setenv("CLIP_BACKDOOR_TARGETS", str(REPO / "recipes" / "targets.yaml"))
+    monkeypatch.setenv("CLIP_BACKDOOR_SETTINGS", str(REPO / "clip-backdoor.yaml"))  # data roots
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -233,6 +233,7 @@ def test_poisoned_pairs_of_web_captioned_data(tiny):
             trigger={"name": name, "params": params},
             target=target,
             count=6,
+            data=[{"name": "synthetic", "size": 120, "web": web}],
             training={"steps": 1},
             caption_templates="simple",
         )

@@ -1,6 +1,6 @@
 """Trigger position: does a patch backdoor answer its patch only where it was stamped?
 
-Why: a scanner's inverted mask is judged by how much of it lies on the true patch (issue 26),
+Why: a scanner's inverted mask is judged by how much of it lies on the true patch,
 which assumes the backdoor is tied to that place. A ViT embeds every 8 x 8 cell with the same
 patch embedding and tells cells apart only by a position embedding, so a patch learnt at the
 bottom-right corner may fire anywhere; then an inversion is free to put its mask elsewhere. This

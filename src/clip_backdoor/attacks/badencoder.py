@@ -19,7 +19,7 @@ from tqdm import tqdm
 from clip_backdoor.artifacts import cache_key
 from clip_backdoor.attacks.cached import cached_attack
 from clip_backdoor.attacks.poisoning import build_trigger
-from clip_backdoor.attacks.specs import PRETRAINING_MIX, TriggerSpec
+from clip_backdoor.attacks.specs import TriggerSpec
 from clip_backdoor.core import precision as precision_mod
 from clip_backdoor.core.config import Strict, validate
 from clip_backdoor.core.errors import ConfigError
@@ -40,7 +40,7 @@ class BadEncoderSpec(Strict):
         description="default: white square at the bottom right, size round(50 r) (METHODS.md 2)",
     )
     data: list[SourceSpec] = Field(
-        default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
+        min_length=1, description="shadow and reference images are drawn from these pairs"
     )
     shadow: int = Field(2000, gt=0, description="shadow images (non-target) drawn from the data")
     references: int | None = Field(

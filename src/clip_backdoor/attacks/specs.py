@@ -9,14 +9,6 @@ from pydantic import Field, model_validator
 from clip_backdoor.core.config import Strict
 from clip_backdoor.engine.config import SourceSpec, TrainingSpec
 
-# The pretraining mix of mini-CLIP (recipes/mini_clip_pretrain.yaml): 19,021 pairs.
-PRETRAINING_MIX = [
-    {"name": "cifar10"},
-    {"name": "caltech101"},
-    {"name": "flowers102"},
-    {"name": "coco_mini"},
-]
-
 
 class TriggerSpec(Strict):
     name: str
@@ -30,7 +22,7 @@ class PoisonSpec(Strict):
     ratio: float | None = Field(None, gt=0, le=1, description="or: fraction of the pairs")
     selection: Literal["random", "pps"] = "random"
     data: list[SourceSpec] = Field(
-        default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
+        min_length=1, description="the image-caption pairs trained on (the recipe names them)"
     )
     caption_templates: str | list[str] = Field(
         "openai", description="templates of the poisoned captions (one drawn per pair)"
@@ -49,7 +41,7 @@ class FineTuneSpec(Strict):
     """Clean contrastive fine-tuning (the FT defense)."""
 
     data: list[SourceSpec] = Field(
-        default_factory=lambda: [SourceSpec(**s) for s in PRETRAINING_MIX]
+        min_length=1, description="the image-caption pairs trained on (the recipe names them)"
     )
     fraction: float = Field(0.2, gt=0, le=1, description="seeded share of the clean pairs used")
     training: TrainingSpec

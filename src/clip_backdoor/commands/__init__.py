@@ -7,6 +7,7 @@ from clip_backdoor.commands import (
     info,
     list_methods,
     pretrain,
+    recipe,
     report,
     results,
     run,
@@ -14,4 +15,16 @@ from clip_backdoor.commands import (
     scan_data,
 )
 
-COMMANDS = [run, results, eval, pretrain, scan, scan_data, report, info, compat, list_methods]
+COMMANDS = [
+    run,
+    recipe,
+    results,
+    eval,
+    pretrain,
+    scan,
+    scan_data,
+    report,
+    info,
+    compat,
+    list_methods,
+]

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from clip_backdoor.commands.common import MODEL_HELP, add_model_options
+from clip_backdoor.core.errors import UserError
 
 
 def add(commands) -> None:
     ev = commands.add_parser(
         "eval", help="zero-shot CA (and ASR with --trigger) of a model on a data set"
     )
-    ev.add_argument("--model", default="mini", help=MODEL_HELP)
+    ev.add_argument("--model", help=MODEL_HELP + " (default: the settings file's default_model)")
     add_model_options(ev)
     ev.add_argument(
         "--visual-prompts",
@@ -35,7 +36,12 @@ def add(commands) -> None:
 
 
 def _eval_recipe(args: argparse.Namespace):
+    from clip_backdoor.core.settings import default_model
     from clip_backdoor.pipeline.recipes import parse_recipe
+
+    model = args.model or default_model()
+    if model is None:
+        raise UserError("no --model given and no default_model in a clip-backdoor.yaml here")
 
     evaluation = {
         "templates": args.templates,
@@ -54,7 +60,7 @@ def _eval_recipe(args: argparse.Namespace):
             "device": args.device,
             "runs_root": args.runs_root,
             "model": {
-                "name": args.model,
+                "name": model,
                 "pretrained": args.pretrained,
                 "arch": args.arch,
                 "tokenizer": args.tokenizer,

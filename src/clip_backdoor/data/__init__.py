@@ -1,8 +1,8 @@
 """Data sets as float images in [0, 1] at the model's resolution; names resolve to folders.
 
-A data set is named by a path, by ``synthetic``, or by the name of a folder in the data root
-(``$CLIP_BACKDOOR_DATA``, else ``../shared/datasets`` beside the working directory or the
-checkout), e.g. ``cifar10`` or ``coco_mini`` (an alias of ``flickr8k_mini``).
+A data set is named by a path, by ``synthetic``, or by the name of a folder in a data root
+(``core.settings.data_roots``: ``$CLIP_BACKDOOR_DATA``, then the settings file's), e.g.
+``cifar10`` or ``coco_mini`` (an alias of ``flickr8k_mini``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clip_backdoor.core.errors import DatasetError
+from clip_backdoor.core.settings import data_roots
 from clip_backdoor.data.captions import CaptionSet
 from clip_backdoor.data.classification import ClassificationSet, prompt_name
 from clip_backdoor.data.fewshot import ClassSubset, IndexSubset, base_novel_split, few_shot_indices
@@ -19,13 +20,6 @@ from clip_backdoor.data.synthetic import SyntheticShapes
 from clip_backdoor.data.tensors import TensorSet
 
 ALIASES = {"coco_mini": "flickr8k_mini"}
-_CHECKOUT = Path(__file__).resolve().parents[3]
-
-
-def data_roots() -> list[Path]:
-    roots = [Path(os.environ["CLIP_BACKDOOR_DATA"])] if os.environ.get("CLIP_BACKDOOR_DATA") else []
-    roots += [Path.cwd().parent / "shared" / "datasets", _CHECKOUT.parent / "shared" / "datasets"]
-    return roots
 
 
 def resolve_path(name: str) -> Path:
@@ -40,7 +34,8 @@ def resolve_path(name: str) -> Path:
         if (root / folder).is_dir():
             return root / folder
     raise DatasetError(
-        f"data set '{name}' not found (not a path, and not in {', '.join(map(str, data_roots()))})"
+        f"data set '{name}' not found (not a path, and not in "
+        f"{', '.join(map(str, data_roots())) or 'any data root: set CLIP_BACKDOOR_DATA'})"
     )
 
 

@@ -100,7 +100,7 @@ def attack_mix(
     if poison.get("images") and poison["images"] != refs:
         raise ConfigError(
             f"{folder / POISON_FILE}: its poisoned images are not those of the rebuilt mix "
-            "(the data under ../shared changed since the attack ran)"
+            "(the data in the data root changed since the attack ran)"
         )
     trigger = load_trigger(folder)
     if getattr(trigger, "clean_label", False):

@@ -3,7 +3,8 @@
 Per embedding model (the attacked one, Huang et al.'s setting, and/or a clean one):
 ``triage_<model>.csv`` (every pair, most suspect first by the first detector, with its image
 file, caption and every detector's score), ``figures/data_scan_hist_<model>.png`` and, where the
-mix's truth is known, ``figures/data_scan_roc_<model>.png`` and the metrics of the issue's table.
+mix's truth is known, ``figures/data_scan_roc_<model>.png`` and the ranking metrics (AUROC, TPR
+at low FPR, precision).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class CleaningSpec(Strict):
         gt=0,
         lt=1,
         description="share of the mix removed, most suspect first (default 5%: five times the "
-        "issue's 1% poisoning bound, at a cost of 5% of the clean data)",
+        "1% poisoning rate the attacks of this project use, at a cost of 5% of the clean data)",
     )
     count: int | None = Field(None, gt=0, description="or: the number of pairs removed")
     training: TrainingSpec | None = Field(

@@ -100,7 +100,7 @@ def block_class_tokens(
     """The CLS token after each block of ``layers`` (B, len(layers), d), and the features.
 
     Why: a backdoor's shortcut is built up over several blocks; repelling only the last read-out
-    leaves the earlier blocks free to carry it (the hint of issue 25's independent RVPT)."""
+    leaves the earlier blocks free to carry it (a hint of independent RVPT re-implementations)."""
     seen: list[torch.Tensor] = []
 
     def keep(layer: int, site: str, x: torch.Tensor) -> None:

@@ -7,8 +7,9 @@ Sources, tried in this order:
    only if it answers);
 2. a weights file (``.safetensors``, ``.pt``/``.bin``/``.pth`` state dict, OpenAI TorchScript
    archive), with the architecture given by ``arch`` or inferred from the tensor shapes;
-3. "mini-clip": the project's pretrained mini-CLIP (``models/mini-clip`` in the checkout, then
-   ``../shared/models/mini-clip``, then the user cache); or a mini config name ("mini",
+3. "mini-clip": the project's pretrained mini-CLIP (``models/mini-clip`` in the working
+   directory, then the model roots of ``core.settings``, then the user cache); or a mini config
+   name ("mini",
    "mini-tiny"), randomly initialised unless ``pretrained`` is a file;
 4. an open_clip architecture name, with ``pretrained`` a tag (the cache first, else a download)
    or a file; untrained, it keeps its family's preprocessing (that of its first pretrained tag).
@@ -34,6 +35,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import save_file
 
 from clip_backdoor.core.errors import ModelLoadError, first_line
+from clip_backdoor.core.settings import model_roots
 from clip_backdoor.data.fewshot_pool import FewShotPool
 from clip_backdoor.models.architecture import infer_model_cfg
 from clip_backdoor.models.families import (
@@ -58,7 +60,6 @@ PRETRAINED_MINI = (
 # The committed measuring models, by name: v1 (label-aware, every train image) and v2 (web-like
 # captions, a held-out few-shot pool; recipes/mini_clip_v2_pretrain.yaml).
 PRETRAINED_MINIS = (PRETRAINED_MINI, "mini-clip-v2")
-_CHECKOUT = Path(__file__).resolve().parents[3]
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -127,11 +128,8 @@ def load_clip(
 def pretrained_mini_locations(name: str = PRETRAINED_MINI) -> list[Path]:
     """Where ``load_clip("mini-clip")`` (or ``"mini-clip-v2"``) looks, in order."""
     cache = Path(os.environ.get("CLIP_BACKDOOR_CACHE") or Path.home() / ".cache" / "clip_backdoor")
-    return [
-        Path.cwd() / "models" / name,
-        _CHECKOUT / "models" / name,
-        _CHECKOUT.parent / "shared" / "models" / name,
-        cache / "models" / name,
+    return [Path.cwd() / "models" / name, *(root / name for root in model_roots())] + [
+        cache / "models" / name
     ]
 
 

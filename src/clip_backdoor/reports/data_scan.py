@@ -8,6 +8,7 @@ beside the attacked point it repairs.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from clip_backdoor.reports.common import (
@@ -18,13 +19,12 @@ from clip_backdoor.reports.common import (
     provenance,
     write_csv,
 )
+from clip_backdoor.reports.targets import targets
 
 DATA_SCAN_COLUMNS = ["attack", "model", "detector", "auroc", "tpr_at_1fpr", "tpr_at_5fpr"]
 DATA_SCAN_COLUMNS += ["precision_at_k", "pairs", "poisoned", "seed", "base"]
 CLEANING_COLUMNS = ["attack", "detector", "removed", "poisoned_removed", "ca", "asr", "seed"]
 CLEANING_COLUMNS += ["ca_attacked", "asr_attacked", "poisoned", "embedding", "base"]
-AUROC_BAR = 0.95  # the issue's: the best detector on BadNet and Blended, both seeds
-ASR_BAR, CA_BAR = 5.0, 1.0  # cleaning: ASR <= 5% with CA within 1 point of the attacked model's
 
 
 def _attack(config: dict) -> str:
@@ -87,14 +87,16 @@ def data_scan_rows(metrics: dict, config: dict) -> list[dict]:
 
 
 def _best_lines(detection: list[dict]) -> list[str]:
+    """The best detector per attack and seed, against the targets' AUROC bar."""
+    bar = targets("data_scan").get("auroc_min")
     lines = []
     for key in sorted({(r["base"], r["attack"], r["seed"]) for r in detection}, key=str):
         part = [r for r in detection if (r["base"], r["attack"], r["seed"]) == key]
         best = max(part, key=lambda r: r["auroc"])
-        verdict = "meets" if best["auroc"] >= AUROC_BAR else "misses"
+        check = f" ({'meets' if best['auroc'] >= bar else 'misses'} >= {bar})" if bar else ""
         lines.append(
             f"- {key[0]}, {key[1]}, seed {key[2]}: best {best['detector']} with the "
-            f"{best['model']} model, AUROC {best['auroc']:.3f} ({verdict} >= {AUROC_BAR})"
+            f"{best['model']} model, AUROC {best['auroc']:.3f}{check}"
         )
     return lines
 
@@ -142,8 +144,12 @@ def write_data_scan(rows: list[dict], sources: list[str], out: Path, ledger_name
         headers = ["base", "attack", "seed", "detector", "embedding", "removed"]
         headers += ["poisoned removed", "CA %", "ASR %", "CA attacked %", "ASR attacked %", "bar"]
         body = []
+        bars = targets("data_scan")
+        asr_bar = bars.get("cleaning_asr_max", math.inf)
+        ca_bar = bars.get("cleaning_ca_drop_max", math.inf)
         for r in cleaning:
-            ok = r["asr"] <= ASR_BAR and r["ca_attacked"] - r["ca"] <= CA_BAR
+            ok = r["asr"] <= asr_bar and r["ca_attacked"] - r["ca"] <= ca_bar
+            bar = f"{'meets' if ok else 'misses'} (ASR <= {asr_bar:g}, CA drop <= {ca_bar:g})"
             body.append(
                 [
                     r["base"],
@@ -157,7 +163,7 @@ def write_data_scan(rows: list[dict], sources: list[str], out: Path, ledger_name
                     r["asr"],
                     r["ca_attacked"],
                     r["asr_attacked"],
-                    f"{'meets' if ok else 'misses'} (ASR <= {ASR_BAR:g}, CA drop <= {CA_BAR:g})",
+                    bar if "cleaning_asr_max" in bars else "-",
                 ]
             )
         text += markdown_table(headers, body) + "\n\n"

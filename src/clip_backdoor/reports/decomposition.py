@@ -17,10 +17,10 @@ import numpy as np
 from clip_backdoor.analysis.head_heatmaps import flag_rate_figure
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
 from clip_backdoor.reports.defenses import attack_label
+from clip_backdoor.reports.targets import targets
 
 DETECTION_COLUMNS = ["model", "attack", "detector", "auroc", "tpr_at_5fpr", "seed"]
 REPAIR_COLUMNS = ["model", "attack", "defense", "ca", "asr", "seed"]
-REPAIR_ASR_BAR, REPAIR_CA_DROP, AUROC_BAR = 20.0, 3.0, 0.9  # the issue's bars (BadNet)
 
 
 def decomposition_rows(metrics: dict, config: dict, label_of) -> list[dict]:
@@ -95,13 +95,21 @@ def _case(row: dict) -> tuple:
 
 
 def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
+    """Repairs and detectors against the targets' bars (recipes/targets.yaml, decomposition);
+    none without them."""
+    bars = targets("decomposition")
+    if not bars:
+        return []
+    repair_asr = bars.get("repair_asr_max", math.inf)
+    repair_drop = bars.get("repair_ca_drop_max", math.inf)
+    auroc_bar = bars.get("detection_auroc_min", -math.inf)
     lines = []
     for model, attack, seed in sorted({_case(r) for r in repairs}, key=str):
         mine = {r["defense"]: r for r in repairs if _case(r) == (model, attack, seed)}
         none = mine.get("none")
         if none is None:
             continue
-        if none["asr"] <= REPAIR_ASR_BAR:
+        if none["asr"] <= repair_asr:
             lines.append(
                 f"- {model}, {attack}, seed {seed}: no backdoor to repair or detect "
                 f"(undefended ASR {none['asr']:.2f})"
@@ -111,22 +119,22 @@ def verdicts(repairs: list[dict], detections: list[dict]) -> list[str]:
             if name in mine:
                 rep = mine[name]
                 drop = none["ca"] - rep["ca"]
-                ok = rep["asr"] <= REPAIR_ASR_BAR and drop <= REPAIR_CA_DROP
+                ok = rep["asr"] <= repair_asr and drop <= repair_drop
                 lines.append(
                     f"- {model}, {attack}, seed {seed}: {name} ASR {none['asr']:.2f} -> "
                     f"{rep['asr']:.2f}, CA {none['ca']:.2f} -> {rep['ca']:.2f} ({-drop:+.2f}): "
-                    f"{'meets' if ok else 'misses'} ASR <= {REPAIR_ASR_BAR:g} with CA drop <= "
-                    f"{REPAIR_CA_DROP:g}"
+                    f"{'meets' if ok else 'misses'} ASR <= {repair_asr:g} with CA drop <= "
+                    f"{repair_drop:g}"
                 )
-    weak = {_case(r) for r in repairs if r["defense"] == "none" and r["asr"] <= REPAIR_ASR_BAR}
+    weak = {_case(r) for r in repairs if r["defense"] == "none" and r["asr"] <= repair_asr}
     for row in detections:
         if _case(row) in weak:
             continue
         if row["detector"].startswith("decomp_det"):
-            ok = row["auroc"] >= AUROC_BAR
+            ok = row["auroc"] >= auroc_bar
             lines.append(
                 f"- {row['model']}, {row['attack']}, seed {row['seed']}: {row['detector']} AUROC "
-                f"{row['auroc']:.3f}: {'meets' if ok else 'misses'} >= {AUROC_BAR:g}"
+                f"{row['auroc']:.3f}: {'meets' if ok else 'misses'} >= {auroc_bar:g}"
             )
     return lines
 
@@ -208,7 +216,7 @@ def write_decomposition(rows: list[dict], sources: list[str], out: Path, ledger_
         " triggered images classified as the target. Filter: flag when the score exceeds the"
         " 95% quantile of clean *validation* scores; FPR/TPR on the test images; ASR before /"
         " after dropping flagged inputs, over the drawn images.\n\n"
-        + ("Against the issue's bars:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
+        + ("Against the targets' bars:\n\n" + "\n".join(checks) + "\n\n" if checks else "")
         + provenance("decomposition", ledger_name, sources)
     )
     (out / "decomposition.md").write_text(text)

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, pct, provenance
+from clip_backdoor.reports.targets import targets
 
 DEFENSE_COLUMNS = ["model", "attack", "defense", "ca", "asr", "asr_all", "pr", "seed", "eval_set"]
-ASR_BAR, CA_DROP_BAR = 5.0, 2.0  # the issue's bar for RVPT
 
 
 def attack_label(config: dict, label_of) -> str:
@@ -55,7 +55,8 @@ def _three(value: float) -> str:
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """RVPT against the issue's bar and against VPT, per attack, seed and evaluation set."""
+    """RVPT against the targets' bar (recipes/targets.yaml, defenses) and against VPT, per
+    attack, seed and evaluation set."""
     lines = []
     keys = sorted({(r["model"], r["attack"], r["seed"], r["eval_set"]) for r in rows}, key=str)
     for model, attack, seed, eval_set in keys:
@@ -84,12 +85,15 @@ def _verdict(where: str, label: str, mine: dict[str, dict]) -> str:
     """One RVPT variant (``rvpt``, ``rvpt_blocks``...) against the bar and against VPT."""
     rvpt, none = mine[label], mine["none"]
     drop = none["ca"] - rvpt["ca"]
-    ok = rvpt["asr"] <= ASR_BAR and drop <= CA_DROP_BAR
     line = (
         f"- {where}: {label} ASR {rvpt['asr']:.2f} (from "
-        f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f}): "
-        f"{'meets' if ok else 'misses'} ASR <= {ASR_BAR:g} with CA drop <= {CA_DROP_BAR:g}"
+        f"{none['asr']:.2f}), CA {rvpt['ca']:.2f} ({-drop:+.2f})"
     )
+    bars = targets("defenses")
+    if "asr_max" in bars:
+        asr_bar, drop_bar = bars["asr_max"], bars.get("ca_drop_max", math.inf)
+        ok = rvpt["asr"] <= asr_bar and drop <= drop_bar
+        line += f": {'meets' if ok else 'misses'} ASR <= {asr_bar:g} with CA drop <= {drop_bar:g}"
     vpt = vpt_partner(label, mine)
     if vpt is not None:
         lower = "lower" if rvpt["asr"] < mine[vpt]["asr"] else "not lower"

@@ -1,7 +1,7 @@
 """``results/measuring.md`` and ``.csv``: can a measuring model judge few-shot methods?
 
-What a model must show before CoOp, CoCoOp, VPT, RVPT and the linear probe can be judged on it
-(issue 25): held-out zero-shot CA, few-shot methods against the zero-shot prompt of the same run
+What a model must show before CoOp, CoCoOp, VPT, RVPT and the linear probe can be judged on it:
+held-out zero-shot CA, few-shot methods against the zero-shot prompt of the same run
 (the gain), linear probes for class-irrelevant pixel attributes (``attribute_probe.csv``) and
 how far apart the zero-shot head's class captions sit (``text_head.csv``), each with the model
 it was measured on, so v1 and v2 rows sit side by side.
@@ -13,14 +13,13 @@ import math
 from pathlib import Path
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.targets import targets
 
 MEASURING_COLUMNS = ["model", "data", "classes", "method", "shots", "templates", "ca"]
 MEASURING_COLUMNS += ["zeroshot_ca", "gain", "seed"]
 ATTRIBUTE_COLUMNS = ["model", "data", "attribute", "classes", "accuracy", "majority", "seed"]
 TEXT_HEAD_COLUMNS = ["model", "data", "classes", "mean_cosine", "max_cosine", "scale", "ce_floor"]
 TEXT_HEAD_COLUMNS += ["ce_uniform"]
-# Issue 25's bars: the least gain over zero-shot each method must show on a measuring model.
-GAIN_BARS = {"coop": 3.0, "cocoop": 3.0, "linear_probe": 0.0, "vpt": 0.0}
 
 
 def _shots(config: dict, label: str):
@@ -82,21 +81,28 @@ def measuring_rows(metrics: dict, config: dict) -> list[dict]:
     return rows
 
 
+def gain_bars() -> dict[str, tuple[str, float]]:
+    """method -> (">=" or ">", the least gain over zero-shot), from the targets (measuring)."""
+    bars = targets("measuring")
+    at_least = {m: (">=", float(v)) for m, v in bars.get("gain_at_least", {}).items()}
+    return at_least | {m: (">", float(v)) for m, v in bars.get("gain_above", {}).items()}
+
+
 def bar_method(label: str) -> str | None:
     """The method whose bar a point is held to: its label, or the label's prefix before a
     variant's suffix (``cocoop_lr6`` is CoCoOp with another lr)."""
-    if label in GAIN_BARS:
+    bars = gain_bars()
+    if label in bars:
         return label
-    return next((m for m in GAIN_BARS if label.startswith(m + "_")), None)
+    return next((m for m in bars if label.startswith(m + "_")), None)
 
 
 def _bar(row: dict) -> str:
     method = bar_method(row["method"])
     if method is None or math.isnan(row["gain"]):
         return "-"
-    bar = GAIN_BARS[method]
-    passed = row["gain"] >= bar if method != "linear_probe" else row["gain"] > bar
-    sign = ">" if method == "linear_probe" else ">="
+    sign, bar = gain_bars()[method]
+    passed = row["gain"] > bar if sign == ">" else row["gain"] >= bar
     return f"{'meets' if passed else 'misses'} ({sign} {bar:+.0f})"
 
 
@@ -148,9 +154,9 @@ def write_measuring(rows: list[dict], sources: list[str], out: Path, ledger_name
         text += markdown_table(headers, body)
         text += (
             '\n\nZero-shot: the hand-made prompt "a photo of a {}." on the same test images. '
-            "Bars (issue 25): CoOp and CoCoOp at least 3 points above zero-shot, the linear probe "
-            "above it, clean VPT not below it. Shots come from the model's few-shot pool where "
-            "it has one (v2), else from the train split (v1).\n\n"
+            "Bar: the least gain over zero-shot each method is held to (recipes/targets.yaml, "
+            "measuring). Shots come from the model's few-shot pool where it has one (v2), else "
+            "from the train split (v1).\n\n"
         )
     if probes:
         text += "## Probes for class-irrelevant features (pixel attributes)\n\n"

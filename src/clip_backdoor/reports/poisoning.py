@@ -9,6 +9,7 @@ from pathlib import Path
 from clip_backdoor.core.errors import UserError
 from clip_backdoor.evaluation.metrics import ASR_NOTE
 from clip_backdoor.reports.common import Table, config_model, markdown_table, pct, provenance
+from clip_backdoor.reports.targets import targets
 
 POISONING_COLUMNS = [
     "model",
@@ -75,7 +76,8 @@ def trigger_label(name: str, config: dict) -> str:
 
 
 def family(label: str) -> str:
-    """``blended (skimage:chelsea)`` -> blended, ``wanet_clipref`` -> wanet: the issue's names."""
+    """``blended (skimage:chelsea)`` -> blended, ``wanet_clipref`` -> wanet: the trigger
+    families the targets name."""
     return label.split(" ")[0].removesuffix("_clipref")
 
 
@@ -85,17 +87,21 @@ def _attack_epochs(config: dict):
     return params.get("training", {}).get("epochs", params.get("epochs", ""))
 
 
-HEADLINE_TRIGGERS = ("badnet", "blended", "wanet", "dual_embedding")  # the issue's >= 80% set
-ASR_BAR, CA_DROP_BAR = 80.0, 3.0
-
-
 def verdict(row: dict) -> str:
-    """The issue's bar for one row: ASR >= 80% with CA within 3 points of the clean model."""
+    """One row against the targets' bars (recipes/targets.yaml, poisoning): ASR at least
+    ``asr_min`` with CA within ``ca_drop_max`` points of the clean model; "reported" for a
+    trigger the targets do not hold to, "-" without targets."""
+    bars = targets("poisoning")
+    if "asr_min" not in bars:
+        return "-"
+    if family(row["trigger"]) not in bars.get("headline_triggers", [family(row["trigger"])]):
+        return "reported"
+    asr_bar, drop_bar = bars["asr_min"], bars.get("ca_drop_max", math.inf)
     drop = row["ca_clean"] - row["ca_poisoned"]
-    if row["asr"] >= ASR_BAR and drop <= CA_DROP_BAR:
+    if row["asr"] >= asr_bar and drop <= drop_bar:
         return "passes"
-    reasons = [f"ASR < {ASR_BAR:g}"] * (row["asr"] < ASR_BAR)
-    reasons += [f"CA drop > {CA_DROP_BAR:g}"] * (drop > CA_DROP_BAR)
+    reasons = [f"ASR < {asr_bar:g}"] * (row["asr"] < asr_bar)
+    reasons += [f"CA drop > {drop_bar:g}"] * (drop > drop_bar)
     return "fails: " + ", ".join(reasons)
 
 
@@ -166,7 +172,7 @@ def write_poisoning(rows: list[dict], sources: list[str], out: Path, ledger_name
             r["ca_after_ft"],
             r["psnr"],
             f"{r['ssim']:.4f}",
-            verdict(r) if family(r["trigger"]) in HEADLINE_TRIGGERS else "reported",
+            verdict(r),
         ]
         for r in rows
     ]

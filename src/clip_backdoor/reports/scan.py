@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.targets import targets
 
 SCAN_COLUMNS = ["model", "kind", "truth", "attack", "asr", "scanner", "score", "verdict"]
 SCAN_COLUMNS += ["target_true", "target_found", "seconds", "seed", "mask_on_trigger"]
-BACKDOORED_ASR = 0.8  # the bar: every model with ASR >= 80% must be flagged
-FAILED_ASR = 0.2
 
 
 def truth_label(attacked: bool, asr: float | None) -> str:
@@ -28,9 +27,10 @@ def truth_label(attacked: bool, asr: float | None) -> str:
         return "clean"
     if asr is None or math.isnan(asr):
         return "backdoored"
-    if asr >= BACKDOORED_ASR:
+    labels = targets("scan")  # from this ASR a model must be flagged; under the other, failed
+    if "backdoored_asr" not in labels or asr >= labels["backdoored_asr"]:
         return "backdoored"
-    return "failed" if asr < FAILED_ASR else "partial"
+    return "failed" if asr < labels.get("failed_asr", 0.0) else "partial"
 
 
 def _attack_name(config: dict, folder: Path | None) -> str:
