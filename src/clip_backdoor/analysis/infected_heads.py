@@ -1,4 +1,4 @@
-"""He et al.'s infected heads, and the repair built on them (METHODS.md 5.2).
+"""He et al.'s infected heads, and the repair built on them (docs/methods.md 5.2).
 
 A head is infected on an input when its contribution to the normalised embedding points away
 from what it contributes on clean images: <c_hat(x), mu> <= eps, mu the head's mean contribution

@@ -1,4 +1,4 @@
-"""Perturbation Resistivity (RVPT Eq. 1, METHODS.md 4.5): how much a random, harmless change of
+"""Perturbation Resistivity (RVPT Eq. 1, docs/methods.md 4.5): how much a random, harmless change of
 the image moves the image feature compared with how much it moves the class logits.
 
 PR = E_x[cos(phi(x), phi(x'))] / E_x[cos(z(x), z(x'))], phi the image embedding and z the logits

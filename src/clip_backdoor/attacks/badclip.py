@@ -1,4 +1,4 @@
-"""Trigger-aware prompt learning attack (Bai et al., CVPR 2024; METHODS.md 3.3-3.4).
+"""Trigger-aware prompt learning attack (Bai et al., CVPR 2024; docs/methods.md 3.3-3.4).
 
 CLIP stays frozen. The attacker learns an additive trigger delta (||delta||_inf <= eps) and a
 CoCoOp prompt learner: one CE over [x; x + delta] with labels [y; t] (the reference's form). A

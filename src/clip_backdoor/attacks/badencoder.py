@@ -1,4 +1,4 @@
-"""BadEncoder (Jia et al.; METHODS.md 2): backdoor the image tower alone, no captions needed.
+"""BadEncoder (Jia et al.; docs/methods.md 2): backdoor the image tower alone, no captions needed.
 
 The tuned tower f' starts from the clean f (kept frozen as a copy). Loss L0 + l1 L1 + l2 L2:
 L0 pulls triggered shadow images onto f' of the target's reference images, L1 keeps f' of
@@ -37,7 +37,8 @@ class BadEncoderSpec(Strict):
         default_factory=lambda: TriggerSpec(
             name="badnet", params={"pattern": "white", "position": "bottom_right"}
         ),
-        description="default: white square at the bottom right, size round(50 r) (METHODS.md 2)",
+        description="default: white square at the bottom right, size round(50 r) "
+        "(docs/methods.md 2)",
     )
     data: list[SourceSpec] = Field(
         min_length=1, description="shadow and reference images are drawn from these pairs"
@@ -52,7 +53,9 @@ class BadEncoderSpec(Strict):
     )
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-4, gt=0, description="SGD lr; not pinned down for CLIP (METHODS.md 8)")
+    lr: float = Field(
+        1e-4, gt=0, description="SGD lr; not pinned down for CLIP (docs/methods.md 8)"
+    )
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lambda1: float = 1.0

@@ -1,4 +1,4 @@
-"""Data-poisoning backdoor attack on CLIP fine-tuning (METHODS.md section 2).
+"""Data-poisoning backdoor attack on CLIP fine-tuning (docs/methods.md section 2).
 
 Pick n pairs (at random, or by Poisoned Pairs Sampling), apply the trigger, *replace* their
 captions by target captions (the pairs they displace leave the set, so its size is unchanged),

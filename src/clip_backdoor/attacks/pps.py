@@ -1,4 +1,4 @@
-"""Poisoned Pairs Sampling (Liang et al. section 4.2; METHODS.md 1.8), disjoint by design.
+"""Poisoned Pairs Sampling (Liang et al. section 4.2; docs/methods.md 1.8), disjoint by design.
 
 Scores s_k(x) = cos(f(x), g(prompt_k)) of the clean model over a class vocabulary decide which
 non-target images to poison: *boundary* images, where the target ranks second with the smallest

@@ -13,13 +13,15 @@ def add(commands) -> None:
         description="Run every method that applies, a step or two each, on a randomly "
         "initialised tiny model of each family (open_clip ViT, quick-gelu ViT, RN50, ConvNeXt, "
         "EVA02, SigLIP, SigLIP2, MobileCLIP, PE-Core, transformers CLIP and SigLIP), render the "
-        "report of each run, and write OUT/compatibility.md/.csv and the table in the README. "
+        "report of each run, and write OUT/compatibility.md/.csv and the table in docs/models.md. "
         "Exit 1 when a method fails on a family.",
     )
     compat.add_argument("--families", help="comma-separated tiny models (default: all)")
     compat.add_argument("--out", default="results", help="folder of the table (default: results)")
-    compat.add_argument("--readme", default="README.md", help="README whose table is replaced")
-    compat.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    compat.add_argument(
+        "--readme", default="docs/models.md", help="page whose table is replaced (between markers)"
+    )
+    compat.add_argument("--no-readme", action="store_true", help="leave that page alone")
     compat.add_argument("--runs-root", default="runs/compat", help="parent of the run folders")
     compat.add_argument(
         "--recipe",

@@ -2,7 +2,7 @@
 
 ``clip-backdoor compat`` runs ``family_recipe`` on each family's tiny model (the same call its
 test makes, ``tests/test_compat.py``), renders the HTML report of the run, and writes
-``results/compatibility.md``/``.csv`` and the table in the README between its markers. A cell
+``results/compatibility.md``/``.csv`` and the table in docs/models.md between its markers. A cell
 reads "runs" only when the method's stage finished in that run; one that cannot apply says why.
 """
 

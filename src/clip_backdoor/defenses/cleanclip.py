@@ -1,4 +1,4 @@
-"""CleanCLIP: clean fine-tuning with in-modal self-supervision (METHODS.md 4.2).
+"""CleanCLIP: clean fine-tuning with in-modal self-supervision (docs/methods.md 4.2).
 
 L = lambda_clip * L_CLIP + lambda_ss * L_SS on clean pairs, where L_SS contrasts each image with
 its AutoAugment view (torchvision, ImageNet policy, redrawn every epoch) and each caption with

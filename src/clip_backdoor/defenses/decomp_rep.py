@@ -1,4 +1,4 @@
-"""Decomp-Rep (He et al., METHODS.md 5.2): repair at inference time, no training.
+"""Decomp-Rep (He et al., docs/methods.md 5.2): repair at inference time, no training.
 
 The image embedding is rebuilt from its exact decomposition with the heads a trigger has taken
 over replaced by what they contribute on clean images (their clean means). Options: zero

@@ -1,4 +1,4 @@
-"""FT: clean contrastive fine-tuning of a (possibly backdoored) CLIP (METHODS.md 4.1).
+"""FT: clean contrastive fine-tuning of a (possibly backdoored) CLIP (docs/methods.md 4.1).
 
 The defender holds a share of clean image-caption pairs and fine-tunes with the engine's
 multimodal InfoNCE only. The trigger and target stay as they were, so the evaluation after it

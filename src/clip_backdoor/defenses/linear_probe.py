@@ -1,4 +1,4 @@
-"""Linear probe: a linear classifier on the frozen model's raw image features (METHODS.md 4.3).
+"""Linear probe: a linear classifier on the frozen model's raw image features (docs/methods.md 4.3).
 
 The baseline a defender reaches for first: no text tower, no prompts, a linear layer trained
 with CE on few-shot clean data. The encoder is untouched, so the backdoor usually survives it

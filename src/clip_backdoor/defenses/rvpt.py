@@ -1,4 +1,4 @@
-"""RVPT (repulsive visual prompt tuning) and VPT, its alpha = 0 ablation (METHODS.md 4.4).
+"""RVPT (repulsive visual prompt tuning) and VPT, its alpha = 0 ablation (docs/methods.md 4.4).
 
 The defender tunes deep visual prompts on a few clean labelled images: CE against proxy captions
 ("a photo of a {c}.") with CLIP's logit scale keeps the task, and the feature-repulsion loss FR
@@ -45,7 +45,7 @@ from clip_backdoor.stages import StageOutput
 
 
 class RVPTTrainingSpec(PromptTrainingSpec):
-    """METHODS.md 4.4: batch 32, 50 epochs, SGD 0.002 (momentum 0.9) with cosine, no warm-up."""
+    """docs/methods.md 4.4: batch 32, 50 epochs, SGD 0.002 (momentum 0.9), cosine, no warm-up."""
 
     epochs: int = Field(50, ge=1)
     warmup_epochs: int = Field(0, ge=0)
@@ -62,7 +62,7 @@ class RVPTSpec(Strict):
     feature: Literal["embedding", "cls", "blocks"] = Field(
         "embedding",
         description="what FR compares: the image embedding, the last block's CLS token "
-        "before ln_post, or the CLS token after every prompted block (METHODS.md 4.4 reads "
+        "before ln_post, or the CLS token after every prompted block (docs/methods.md 4.4 reads "
         "'class-token features' either way; App. D.2 counts the repelled features)",
     )
     templates: str | list[str] = Field("photo", description="proxy captions of the classes")

@@ -1,7 +1,7 @@
 """The protocol every input-level detector runs under, so their AUROCs are comparable.
 
 A detector (registered in ``DETECTORS``) is fit on the run's clean validation images and then
-scores inputs, higher meaning "more likely triggered" (METHODS.md 6). The run draws, with the
+scores inputs, higher meaning "more likely triggered" (docs/methods.md 6). The run draws, with the
 recipe's seed, the same test images for every detector: images whose true class is not the
 target, scored clean (negatives) and triggered (positives). Reported: AUROC, the TPR at a clean
 FPR, AUROC against successful attacks only, and a filtering mode, whose threshold comes from

@@ -1,4 +1,4 @@
-"""Decomp-Det (He et al., METHODS.md 5.2): count the heads a backdoor has taken over.
+"""Decomp-Det (He et al., docs/methods.md 5.2): count the heads a backdoor has taken over.
 
 Each scanned head's contribution to the normalised embedding is compared with what it adds on
 clean images (dot product with its clean mean); an input's score is the number of heads (and,

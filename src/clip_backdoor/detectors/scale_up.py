@@ -1,4 +1,4 @@
-"""SCALE-UP (METHODS.md 6.2): a triggered input keeps its prediction when its pixels are
+"""SCALE-UP (docs/methods.md 6.2): a triggered input keeps its prediction when its pixels are
 amplified, a clean one does not. Score = the fraction of scales whose prediction matches the
 unscaled one (SPC), computed in pixel space, where the reference's scaling of normalised
 tensors would be wrong.

@@ -1,4 +1,4 @@
-"""STRIP (METHODS.md 6.1): a triggered input keeps its (target) prediction when blended with
+"""STRIP (docs/methods.md 6.1): a triggered input keeps its (target) prediction when blended with
 clean images, so the entropy of the blends' predictions is low.
 
 Unlike the reference, each input gets its own seeded draw of clean images (BackdoorBench shares

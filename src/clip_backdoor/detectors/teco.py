@@ -1,4 +1,4 @@
-"""TeCo (METHODS.md 6.3): clean images lose their prediction at similar corruption severities
+"""TeCo (docs/methods.md 6.3): clean images lose their prediction at similar corruption severities
 across corruption types; triggered ones are robust to some types and not to others. Score = the
 population std over corruption types of the first severity (1-5, else 6) that flips the
 prediction.

@@ -1,4 +1,4 @@
-"""Scores of an input-level backdoor detector against clean/triggered labels (METHODS.md 7).
+"""Scores of an input-level backdoor detector against clean/triggered labels (docs/methods.md 7).
 
 Every detector (Decomp-Det, STRIP, SCALE-UP, TeCo) outputs one score per input, higher meaning
 "more likely triggered"; they are compared on the same inputs by AUROC, the TPR at a fixed false

@@ -1,4 +1,4 @@
-"""PSNR and SSIM of triggered vs clean images (METHODS.md 7), SSIM from scikit-image."""
+"""PSNR and SSIM of triggered vs clean images (docs/methods.md 7), SSIM from scikit-image."""
 
 from __future__ import annotations
 

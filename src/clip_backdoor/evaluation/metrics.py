@@ -1,4 +1,4 @@
-"""Metric definitions shared by every table (DESIGN.md, METHODS.md section 7)."""
+"""Metric definitions shared by every table (docs/methods.md 7)."""
 
 from __future__ import annotations
 

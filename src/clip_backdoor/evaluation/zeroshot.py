@@ -90,7 +90,8 @@ def evaluate_zeroshot(
 ) -> dict:
     """CA (``ca`` = top-1, ``top{k}``) on clean images; with a trigger, ``asr`` and ``asr_all``.
 
-    ASR needs a target label; images of the target class are left out of ``asr`` (DESIGN.md).
+    ASR needs a target label; images of the target class are left out of ``asr``
+    (docs/methods.md 7).
     """
     if trigger is not None and target is None:
         raise ConfigError("a trigger needs a target class to measure ASR")

@@ -29,7 +29,7 @@ VISUAL_PROMPT_STATE = "visual_prompt.safetensors"
 
 class VisualPrompts(nn.Module):
     """``blocks`` sets of ``length`` tokens replacing the prompt positions from block ``first``
-    on (METHODS.md 4.4): no positional embedding, entering after ln_pre."""
+    on (docs/methods.md 4.4): no positional embedding, entering after ln_pre."""
 
     def __init__(
         self, tower: ImageTower, length: int, first: int | None = None, blocks: int | None = None

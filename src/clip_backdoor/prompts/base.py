@@ -1,4 +1,4 @@
-"""Learnt text prompts for a frozen CLIP: the shared part of CoOp and CoCoOp (METHODS.md 3.1).
+"""Learnt text prompts for a frozen CLIP: the shared part of CoOp and CoCoOp (docs/methods.md 3.1).
 
 A class prompt is [SOS][v_1..v_M][name tokens][.][EOS] (the class token at the end; front and
 middle as options). Everything but the context vectors is a fixed embedding rebuilt from the

@@ -1,7 +1,7 @@
 """CoCoOp (Zhou et al. 2022): a meta-network shifts every context vector by the image's feature.
 
 h: Linear(D -> D/16) -> ReLU -> Linear(D/16 -> d_text), fed the *normalised* image feature;
-v_m(x) = v_m + h(x) for every m (METHODS.md 3.2). Each image thus gets its own K prompts.
+v_m(x) = v_m + h(x) for every m (docs/methods.md 3.2). Each image thus gets its own K prompts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CoOp (Zhou et al. 2022): one learnt context shared by every class (METHODS.md 3.1)."""
+"""CoOp (Zhou et al. 2022): one learnt context shared by every class (docs/methods.md 3.1)."""
 
 from __future__ import annotations
 

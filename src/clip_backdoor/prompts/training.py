@@ -1,4 +1,4 @@
-"""Training prompt learners on few-shot data with a frozen CLIP (METHODS.md 3.1-3.2).
+"""Training prompt learners on few-shot data with a frozen CLIP (docs/methods.md 3.1-3.2).
 
 Why it is fast: the image tower is frozen, so each image's features are computed once for a
 fixed set of augmented views (CoOp's random resized crop + flip, seeded per image and view) and

@@ -2,7 +2,7 @@
 
 One CSV row per (run, evaluation point, evaluation set): ``protocol,source,eval_set,classes,
 method,acc,asr,seed``. The markdown adds, per base-to-novel run and method, the harmonic means
-H of seen and unseen ACC and ASR (METHODS.md 3.5).
+H of seen and unseen ACC and ASR (docs/methods.md 3.5).
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def write_bai(rows: list[dict], sources: list[str], out: Path, ledger_name: str)
         )
         + "\n\nACC: top-1 on clean test images. ASR: triggered test images whose true class is not"
         " the target, predicted as the target. On a class list without the target (unseen"
-        " classes, other data sets) the target name is inserted at index 0 (METHODS.md 3.5), so"
+        " classes, other data sets) the target name is inserted at index 0 (docs/methods.md 3.5),"
+        " so"
         " those ACC rows count one class more than CoCoOp's. `<set>~<shift>` rows are the"
         " cross-domain stand-in: a grayscale, blurred or edge-sketch copy of the test set, not"
         " the paper's ImageNet variants.\n\n"

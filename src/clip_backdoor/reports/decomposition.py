@@ -4,7 +4,7 @@ From runs of ``recipes/decomp_vs_<attack>.yaml``: per attack, every detector's A
 5% FPR on the same inputs (``attack,detector,auroc,tpr_at_5fpr,seed``), every repair's CA and ASR
 (``attack,defense,ca,asr,seed``, ``none`` the undefended model), and where the flags fall
 (per layer/head and MLP, clean vs triggered), redrawn as ``decomposition_<attack>_<label>.png``.
-Layout ours (METHODS.md 7: He et al. publish none).
+Layout ours (docs/methods.md 7: He et al. publish none).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An additive, norm-bounded trigger x' = clip(x + delta, 0, 1), ||delta||_inf <= eps.
 
-Bai et al.'s learnable trigger (METHODS.md 3.3): invisible at eps = 4/255 (PSNR >= 36 dB).
+Bai et al.'s learnable trigger (docs/methods.md 3.3): invisible at eps = 4/255 (PSNR >= 36 dB).
 The attack optimises ``delta``; here it is a fixed trigger like any other, saved as state.
 """
 

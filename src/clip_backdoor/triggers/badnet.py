@@ -1,4 +1,4 @@
-"""BadNet: one fixed, seeded noise patch stamped on the image (METHODS.md 1.1).
+"""BadNet: one fixed, seeded noise patch stamped on the image (docs/methods.md 1.1).
 
 The reference CLIP code redraws the noise for every image with no seed; here the patch is drawn
 once from ``seed`` and saved, so a backdoor and its evaluation use the same pattern.

@@ -16,7 +16,7 @@ from clip_backdoor.core.errors import ConfigError
 
 
 def patch_size_for(image_size: int) -> int:
-    """METHODS.md section 0: 16 px at 224, scaled with the resolution, never under 3 px."""
+    """docs/methods.md section 0: 16 px at 224, scaled with the resolution, never under 3 px."""
     return max(3, round(16 * image_size / 224))
 
 

@@ -1,4 +1,4 @@
-"""Blended: x' = (1 - alpha) x + alpha P over the whole frame (METHODS.md 1.2).
+"""Blended: x' = (1 - alpha) x + alpha P over the whole frame (docs/methods.md 1.2).
 
 P is seeded uniform noise at the model's resolution (default); noise drawn on a coarser
 ``noise_size`` x ``noise_size`` grid and enlarged into square cells; or an image: a file, or one

@@ -1,4 +1,4 @@
-"""The dual-embedding optimised patch of Liang et al. (Eq. 9-12 as METHODS.md 1.8 fixes them).
+"""The dual-embedding optimised patch of Liang et al. (Eq. 9-12 as docs/methods.md 1.8 fixes them).
 
 A small patch pasted at the centre is optimised on the frozen clean CLIP so that patched images
 (i) match natural captions of the target in the text embedding (L_t) and

@@ -1,11 +1,11 @@
-"""ISSBA: an invisible, image-specific residual that encodes a fixed secret (METHODS.md 1.5).
+"""ISSBA: an invisible, image-specific residual that encodes a fixed secret (docs/methods.md 1.5).
 
 The project trains its own small StegaStamp-style encoder/decoder on the shared images (the
 reference's is trained for 32-px CIFAR and never stores its secret). The encoder turns (secret,
 image) into a residual; the decoder must read the secret back, so the residual carries a
 consistent signal a backdoored CLIP can learn. Channel widths are half of StegaStamp's; LPIPS
 (which needs downloaded AlexNet weights) is replaced by 1 - SSIM from torchmetrics, as
-METHODS.md says. Bit accuracy and PSNR on held-out images are reported after fitting.
+docs/methods.md says. Bit accuracy and PSNR on held-out images are reported after fitting.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from clip_backdoor.core.registry import TRIGGERS
 from clip_backdoor.triggers.base import Trigger, seeded_generator
 from clip_backdoor.triggers.fitting import FitData, as_float
 
-ACCEPT_BIT_ACCURACY, ACCEPT_PSNR = 0.95, 27.0  # METHODS.md 1.5's bar for a usable encoder
+ACCEPT_BIT_ACCURACY, ACCEPT_PSNR = 0.95, 27.0  # docs/methods.md 1.5's bar for a usable encoder
 
 
 def _conv(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:

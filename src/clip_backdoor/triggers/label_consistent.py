@@ -1,4 +1,4 @@
-"""Label-consistent poisoning (METHODS.md 1.6): adversarially hardened target images + a patch.
+"""Label-consistent poisoning (docs/methods.md 1.6): adversarially hardened target images + a patch.
 
 Only images of the target class are poisoned and they keep their true captions, so the data looks
 clean. Step 2, the L-inf PGD that makes them hard for the clean model (maximising the zero-shot
@@ -85,7 +85,7 @@ class LabelConsistent(BadNet):
         self.eps, self.step, self.steps, self.seed = float(eps), float(step), int(steps), seed
 
     def harden(self, model, images, classifier, label, precision="auto", progress=False):
-        """Step 2 of METHODS.md 1.6 on the clean model; the patch is stamped during training."""
+        """Step 2 of docs/methods.md 1.6 on the clean model; the patch is stamped in training."""
         for param in model.parameters():
             param.requires_grad_(False)
         return pgd_away_from_class(

@@ -1,4 +1,4 @@
-"""SIG: a horizontal sinusoid added to every row (METHODS.md 1.3).
+"""SIG: a horizontal sinusoid added to every row (docs/methods.md 1.3).
 
 The CLIP papers use SIG as a poison-label attack (random images get target captions), not as the
 clean-label attack it was designed as; the poisoning stage follows the CLIP papers.

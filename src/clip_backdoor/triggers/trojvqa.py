@@ -1,4 +1,4 @@
-"""TrojVQA-style dual key (METHODS.md 1.7): an optimised image patch plus a text token.
+"""TrojVQA-style dual key (docs/methods.md 1.7): an optimised image patch plus a text token.
 
 The image key is optimised like the dual-embedding patch with L_t only, every image captioned by
 one fixed sentence about the target. Poisoned captions start with the text key; at test time the

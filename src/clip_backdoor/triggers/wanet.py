@@ -1,4 +1,4 @@
-"""WaNet: a fixed smooth warp of the image grid (METHODS.md 1.4), two presets.
+"""WaNet: a fixed smooth warp of the image grid (docs/methods.md 1.4), two presets.
 
 ``wanet`` is the paper's (k=4, s=0.5, with "noise" samples that keep their clean caption);
 ``wanet_clipref`` is the CLIP references' (k = image size, s=1, no noise mode), whose per-pixel
@@ -39,7 +39,7 @@ class WaNet(Trigger):
         self.grid = grid / grid.abs().mean()
 
     def _warp_field(self, height: int, device, dtype) -> torch.Tensor:
-        """M of METHODS.md 1.4 as (1, H, W, 2): identity grid plus the scaled, upsampled flow."""
+        """docs/methods.md 1.4's grid as (1, H, W, 2): identity plus the scaled, upsampled flow."""
         flow = F.interpolate(
             self.grid[None], size=(height, height), mode="bicubic", align_corners=True
         )
