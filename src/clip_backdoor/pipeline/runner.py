@@ -27,6 +27,7 @@ from clip_backdoor.pipeline.methods import register_methods
 from clip_backdoor.pipeline.points import Points
 from clip_backdoor.pipeline.recipes import Recipe
 from clip_backdoor.stages import STAGE_KINDS, ModelState, StageContext, StageOutput
+from clip_backdoor.stages.rows import starting_state
 
 
 @dataclass
@@ -84,7 +85,7 @@ def _run_stages(ctx: StageContext, inputs, points: Points) -> RunResult:
     row_start: ModelState | None = None  # the state alternatives in a row each start from
     for index, (spec, stage) in enumerate(zip(specs, inputs.stages, strict=True)):
         kind, label = STAGE_KINDS.get(spec.kind), spec.label or spec.method
-        state, row_start = _starting_state(specs, index, kind, ctx.state, row_start)
+        state, row_start = starting_state(specs, index, kind, ctx.state, row_start)
         ctx = replace(ctx, state=state, label=label)
         run.log(f"stage {spec.kind} {spec.method} {spec.params}")
         started = time.perf_counter()
@@ -118,35 +119,6 @@ def _run_stages(ctx: StageContext, inputs, points: Points) -> RunResult:
     run.write_metrics(metrics)
     run.log("metrics " + str(points.rows[-1]))
     return RunResult(run.path, metrics, "\n\n".join(t for t in tables if t))
-
-
-def _starting_state(specs, index: int, kind, state: ModelState, row_start):
-    """(the state a stage starts from, the row's start): stages of a kind that are
-    alternatives (defenses) each start from the state before their row, unless ``stack``."""
-    restarts = _restarts_after(specs, index)
-    if not kind.alternatives:
-        return state, None
-    if row_start is None:  # training stages change the model in place: keep a copy if needed
-        return state, state.but(model=copy.deepcopy(state.model)) if restarts else state.but(
-            model=None
-        )
-    if specs[index].stack:
-        return state, row_start
-    model = row_start.model if row_start.model is not None else state.model
-    return state.but(
-        model=copy.deepcopy(model) if restarts else model, learner=row_start.learner
-    ), row_start
-
-
-def _restarts_after(specs: list, index: int) -> bool:
-    """Whether a stage after ``specs[index]``, in the same row of alternatives, starts over
-    from the state before the row (so that state must be kept intact)."""
-    for later in specs[index + 1 :]:
-        if later.kind != specs[index].kind:
-            return False
-        if not later.stack:
-            return True
-    return False
 
 
 def check_device(model, device: str, where: str) -> None:
