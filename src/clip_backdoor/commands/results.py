@@ -30,10 +30,22 @@ def add(commands) -> None:
     )
     res.add_argument("--out", default="results", help="folder of the summary (default: results)")
     res.add_argument("--fresh", action="store_true", help="forget the runs recorded earlier in OUT")
+    res.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: compare each run's numbers with those recorded in OUT for the same "
+        "recipe name and seed (exit 1 when one differs or none is recorded)",
+    )
     res.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.check:
+        from clip_backdoor.reports.reproduce import check_runs
+
+        report, reproduced = check_runs(args.table, args.runs, args.out)
+        print(report)
+        return 0 if reproduced else 1
     from clip_backdoor.reports.summary import write_summary
 
     print(write_summary(args.table, args.runs, args.out, fresh=args.fresh))
