@@ -19,7 +19,7 @@ def test_roots_are_the_environments_then_the_files_relative_to_it(tmp_path, monk
     monkeypatch.delenv("CLIP_BACKDOOR_SETTINGS")
     monkeypatch.delenv("CLIP_BACKDOOR_DATA", raising=False)
     monkeypatch.chdir(project / "deep")  # the nearest file up the tree
-    assert settings.data_roots() == [project / ".." / "data"]
+    assert settings.data_roots() == [tmp_path / "data"]  # no '..': image paths name the data
     assert settings.model_roots() == [project / "models"]
     assert settings.default_model() == "mini-tiny"
     monkeypatch.setenv("CLIP_BACKDOOR_DATA", f"/a{__import__('os').pathsep}/b")

@@ -41,8 +41,8 @@ def settings() -> dict:
     unknown = sorted(set(data) - set(KEYS)) if isinstance(data, dict) else ["(not a mapping)"]
     if unknown:
         raise ConfigError(f"{path}: unknown setting '{unknown[0]}' (known: {', '.join(KEYS)})")
-    for key in ("data_roots", "model_roots"):
-        data[key] = [path.parent / root for root in data.get(key, [])]
+    for key in ("data_roots", "model_roots"):  # '..' folded away: image paths name the data
+        data[key] = [Path(os.path.normpath(path.parent / root)) for root in data.get(key, [])]
     return data
 
 
