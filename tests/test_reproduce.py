@@ -36,3 +36,11 @@ def test_a_rerun_reproduces_the_recorded_numbers_and_a_change_is_caught(
     empty = tmp_path / "empty"
     assert main(["results", "poisoning", str(again.path), "--out", str(empty), "--check"]) == 1
     assert "no recorded run of tiny_poison" in capsys.readouterr().out
+
+
+def test_a_number_is_compared_at_the_precision_it_was_recorded_with():
+    from clip_backdoor.reports.reproduce import same
+
+    assert same(93.7526, 93.75255206206616)  # a ledger of 4 decimals, a full-precision re-run
+    assert not same(93.7526, 93.7531) and not same(0.5, 0.5000001)
+    assert same(float("nan"), float("nan")) and same(3, 3)

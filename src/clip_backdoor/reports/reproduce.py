@@ -1,9 +1,9 @@
 """Does a re-run give the recorded numbers? ``clip-backdoor results TABLE RUNS --check``.
 
 Each run folder's rows are compared with the rows the ledger (``OUT/<table>_runs.json``) holds
-for the latest recorded run of the same recipe name and seed, number by number and exactly:
-anyone must be able to re-run a recipe and get the same numbers. Wall-clock fields are left
-out. Nothing is written.
+for the latest recorded run of the same recipe name and seed, number by number, exactly at the
+precision each number was recorded with: anyone must be able to re-run a recipe and get the same
+numbers. Wall-clock fields are left out. Nothing is written.
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ def check_runs(table: str, runs: list[str], out: str | Path) -> tuple[str, bool]
     return "\n".join(lines), reproduced
 
 
+def same(recorded: float, now: float) -> bool:
+    """Equal at the precision the number was recorded with (older ledgers kept 4 decimals)."""
+    if recorded == now or (math.isnan(recorded) and math.isnan(now)):
+        return True
+    text = repr(float(recorded))
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else None
+    return decimals is not None and decimals < 12 and round(now, decimals) == recorded
+
+
 def compare_rows(old: list[dict], new: list[dict]) -> tuple[int, list[tuple[str, object, object]]]:
     """(numbers equal, [(row.field, recorded, now)] that differ); a row count that differs is
     one difference."""
@@ -52,7 +61,7 @@ def compare_rows(old: list[dict], new: list[dict]) -> tuple[int, list[tuple[str,
             if any(t in field for t in TIMING) or isinstance(a, dict | list):
                 continue
             numbers = isinstance(a, int | float) and isinstance(b, int | float)
-            if numbers and (a == b or (math.isnan(a) and math.isnan(b))):
+            if numbers and same(a, b):
                 equal += 1
             elif a != b:
                 changed.append((f"row {index}.{field}", a, b))
