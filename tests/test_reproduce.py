@@ -42,5 +42,5 @@ def test_a_number_is_compared_at_the_precision_it_was_recorded_with():
     from clip_backdoor.reports.reproduce import same
 
     assert same(93.7526, 93.75255206206616)  # a ledger of 4 decimals, a full-precision re-run
-    assert not same(93.7526, 93.7531) and not same(0.5, 0.5000001)
+    assert not same(93.7526, 93.7531) and not same(0.5, 0.56)
     assert same(float("nan"), float("nan")) and same(3, 3)
