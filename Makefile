@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	test -f cache/demo-tiny/open_clip_config.json || \
-		$(BIN)/clip-backdoor pretrain recipes/demo_pretrain.yaml
-	$(BIN)/clip-backdoor run recipes/demo.yaml
-	$(BIN)/clip-backdoor run recipes/demo_detect.yaml
-	$(BIN)/clip-backdoor run recipes/demo_scan_clean.yaml
-	$(BIN)/clip-backdoor run recipes/demo_scan.yaml
+		$(BIN)/clip-backdoor pretrain recipes/demo/pretrain.yaml
+	$(BIN)/clip-backdoor run recipes/demo/poison_and_defend.yaml
+	$(BIN)/clip-backdoor run recipes/demo/detect.yaml
+	$(BIN)/clip-backdoor run recipes/demo/scan_clean.yaml
+	$(BIN)/clip-backdoor run recipes/demo/scan.yaml
 
 # two workers, one core each (tests/conftest.py): 20% faster than one process of two threads.
 # Precision: 'auto' resolves to fp32 in the suite; CLIP_BACKDOOR_PRECISION=bf16 (or fp32) forces it.

@@ -1,6 +1,6 @@
 """Training-data scan cost, measured side by side in one process:
 
-1. scoring the 19k-pair BadNet mix of recipes/poison_badnet.yaml (mini-CLIP, or --model):
+1. scoring the 19k-pair BadNet mix of recipes/poisoning/badnet.yaml (mini-CLIP, or --model):
    seconds per detector on its embeddings, next to one epoch of that attack's fine-tuning
    (its training settings, timed over --steps steps and scaled to the epoch's step count;
    target: every detector under 0.2x of the epoch). Encoding the mix once is shown apart: the

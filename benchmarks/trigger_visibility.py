@@ -4,7 +4,7 @@ A poisoned fine-tuning run can only tie a global trigger to the target if the im
 triggered images from clean ones. This measures that on the clean model: features of N test
 images, clean and triggered; a logistic probe (scikit-learn) trained on 2/3 of the images and
 scored on the rest (0.5 = invisible, 1.0 = perfectly separable), the mean feature cosine, and
-the PSNR. It chose Blended's noise grid (recipes/poison_blended.yaml) and explains why WaNet is
+the PSNR. It chose Blended's noise grid (recipes/poisoning/blended.yaml) and explains why WaNet is
 not learnt on mini-CLIP. A local patch (BadNet) is learnt whatever its probe score: one token
 changes, so the probe under-rates it.
 

@@ -99,7 +99,7 @@ def test_shipped_recipes_validate(capsys):
             assert main(["recipe", "show", str(path), "--smoke"]) == 0
             smoke = yaml.safe_load(capsys.readouterr().out)
             assert smoke["device"] == "cpu" and smoke["model"]["pretrained"] is None
-    assert sorted(matrices) == ["matrix.yaml", "matrix_mini.yaml"]  # v2's: `from: matrix_mini`
+    assert sorted(matrices) == ["matrix.yaml", "mini.yaml"]  # v2's: `from: matrix/mini.yaml`
     assert main(["recipe", "show", str(root / "targets.yaml")]) == 2  # bars, not a recipe
     papers = {p.parent.name for p in recipes if "papers" in p.parts}
     assert papers == {"bai", "liang", "rvpt", "he"}

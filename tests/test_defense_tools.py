@@ -194,7 +194,7 @@ def test_an_ablation_table_finds_the_varied_parameter_and_draws_it(tmp_path):
         ("s4", "train.shots", "4"),
     ]
     assert rows[2]["asr"] == pytest.approx(20.0) and rows[2]["seed"] == 3
-    write_ablations(rows, ["- `run`: recipe `recipes/rvpt_ablation_shots.yaml`"], tmp_path, "x")
+    write_ablations(rows, ["- `run`: recipe `recipes/defenses/ablation_shots.yaml`"], tmp_path, "x")
     assert (tmp_path / "ablation_rvpt_ablation_shots.png").stat().st_size > 1000
     lines = (tmp_path / "ablation_rvpt_ablation_shots.csv").read_text().splitlines()
     assert lines[0] == "model,ablation,defense,parameter,value,ca,asr,seed" and len(lines) == 4

@@ -293,7 +293,7 @@ def test_the_committed_v2_pool_is_in_no_pretraining_pair_of_its_recipe(monkeypat
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     pool = FewShotPool.load(root / "models" / "mini-clip-v2")
-    recipe = load_pretrain_recipe("recipes/mini_clip_v2_pretrain.yaml")
+    recipe = load_pretrain_recipe("recipes/pretraining/mini_clip_v2.yaml")
     assert pool == FewShotPool.build(
         [SHARED_DATASETS / name for name in recipe.fewshot_pool.sets], 16, 0
     )  # the shipped pool is the recipe's

@@ -212,9 +212,9 @@ def test_pretrained_mini_is_looked_up_in_order(tmp_path, monkeypatch):
         "pretrained_mini_locations",
         lambda name="mini-clip": [real(name)[0], real(name)[-1]],
     )
-    with pytest.raises(ModelLoadError, match="pretrain recipes/mini_clip_pretrain.yaml"):
+    with pytest.raises(ModelLoadError, match="pretrain recipes/pretraining/mini_clip.yaml"):
         load_clip("mini-clip")
-    with pytest.raises(ModelLoadError, match="pretrain recipes/mini_clip_v2_pretrain.yaml"):
+    with pytest.raises(ModelLoadError, match="pretrain recipes/pretraining/mini_clip_v2.yaml"):
         load_clip("mini-clip-v2")
     model = load_clip("mini-tiny").model
     save_clip(model, places[-1])

@@ -36,7 +36,7 @@ def test_the_filter_warms_every_pixel_alike_and_strength_mixes_it_in():
 def test_nashville_is_listed_runs_as_a_matrix_cell_and_is_in_the_report(tmp_path, capsys):
     assert main(["list"]) == 0
     assert "nashville" in capsys.readouterr().out
-    assert load_recipe("recipes/poison_nashville.yaml").stages[0].params["trigger"]["name"] == (
+    assert load_recipe("recipes/poisoning/nashville.yaml").stages[0].params["trigger"]["name"] == (
         "nashville"
     )
     attack = copy.deepcopy(RECIPE["stages"][0])

@@ -55,10 +55,10 @@ from clip_backdoor.models.transformers_clip import (
 )
 
 PRETRAINED_MINI = (
-    "mini-clip"  # the project's pretrained mini-CLIP (recipes/mini_clip_pretrain.yaml)
+    "mini-clip"  # the project's pretrained mini-CLIP (recipes/pretraining/mini_clip.yaml)
 )
 # The committed measuring models, by name: v1 (label-aware, every train image) and v2 (web-like
-# captions, a held-out few-shot pool; recipes/mini_clip_v2_pretrain.yaml).
+# captions, a held-out few-shot pool; recipes/pretraining/mini_clip_v2.yaml).
 PRETRAINED_MINIS = (PRETRAINED_MINI, "mini-clip-v2")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -138,12 +138,9 @@ def find_pretrained_mini(name: str = PRETRAINED_MINI) -> Path:
         if (folder / CONFIG_FILE).is_file():
             return folder
     places = ", ".join(str(p) for p in pretrained_mini_locations(name))
-    recipe = (
-        "mini_clip_pretrain" if name == PRETRAINED_MINI else name.replace("-", "_") + "_pretrain"
-    )
     raise ModelLoadError(
         f"the pretrained {name} is not in {places}; make it with "
-        f"`clip-backdoor pretrain recipes/{recipe}.yaml`"
+        f"`clip-backdoor pretrain recipes/pretraining/{name.replace('-', '_')}.yaml`"
     )
 
 

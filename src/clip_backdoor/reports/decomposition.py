@@ -1,8 +1,8 @@
 """``results/decomposition.md``, ``detection.csv``, ``repair.csv`` and the heat maps (He et al.).
 
-From runs of ``recipes/decomp_vs_<attack>.yaml``: per attack, every detector's AUROC and TPR at
-5% FPR on the same inputs (``attack,detector,auroc,tpr_at_5fpr,seed``), every repair's CA and ASR
-(``attack,defense,ca,asr,seed``, ``none`` the undefended model), and where the flags fall
+From runs of ``recipes/decomposition/vs_<attack>.yaml``: per attack, every detector's AUROC and
+TPR at 5% FPR on the same inputs (``attack,detector,auroc,tpr_at_5fpr,seed``), every repair's CA
+and ASR (``attack,defense,ca,asr,seed``, ``none`` the undefended model), and where the flags fall
 (per layer/head and MLP, clean vs triggered), redrawn as ``decomposition_<attack>_<label>.png``.
 Layout ours (docs/methods.md 7: He et al. publish none).
 """
