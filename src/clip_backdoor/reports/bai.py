@@ -155,4 +155,11 @@ def quality_note(metrics: dict) -> str:
     )
 
 
-TABLE = Table("bai", lambda m, c, _: bai_rows(m, c), write_bai, quality_note)
+TABLE = Table(
+    "bai",
+    lambda m, c, _: bai_rows(m, c),
+    write_bai,
+    quality_note,
+    section="Bai et al.: the trigger-aware prompt attack",
+    stages=("prompt", None),
+)

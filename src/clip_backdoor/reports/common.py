@@ -33,6 +33,10 @@ class Table:
     # one run per run name and seed: a later run of a recipe replaces the earlier one (where each
     # run is one point, e.g. one model of the scan zoo's ROC, and must not be counted twice)
     latest_run_only: bool = False
+    # the HTML report's section: its title, and the stages of the runs it reports (a stage kind
+    # and the methods of it, None: any); a table without a section is not in the report
+    section: str | None = None
+    stages: tuple[str, frozenset[str] | None] | None = None
 
 
 def read_run(folder: Path) -> tuple[dict, dict]:

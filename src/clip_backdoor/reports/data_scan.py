@@ -172,4 +172,10 @@ def write_data_scan(rows: list[dict], sources: list[str], out: Path, ledger_name
     return text
 
 
-TABLE = Table("data_scan", lambda m, c, _: data_scan_rows(m, c), write_data_scan)
+TABLE = Table(
+    "data_scan",
+    lambda m, c, _: data_scan_rows(m, c),
+    write_data_scan,
+    section="Training-data scan",
+    stages=("data_scan", None),
+)

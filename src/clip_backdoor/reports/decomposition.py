@@ -227,4 +227,6 @@ TABLE = Table(
     "decomposition",
     lambda metrics, config, folder: decomposition_rows(metrics, config, lambda name, _c: name),
     write_decomposition,
+    section="He et al.: decomposition, Decomp-Rep and Decomp-Det",
+    stages=("detection", None),
 )

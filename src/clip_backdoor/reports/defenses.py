@@ -157,4 +157,10 @@ def _rows(metrics: dict, config: dict, folder) -> list[dict]:
     return defense_rows(metrics, config, trigger_label)
 
 
-TABLE = Table("defenses", _rows, write_defenses)
+TABLE = Table(
+    "defenses",
+    _rows,
+    write_defenses,
+    section="Xu et al. (RVPT) and the fine-tuning defenses",
+    stages=("defense", frozenset({"rvpt", "vpt", "cleanclip", "linear_probe", "ft"})),
+)

@@ -22,25 +22,8 @@ from clip_backdoor.reports.matrix import half_range, mean
 from clip_backdoor.reports.matrix_roc import detection_cell, matrix_roc_figures
 from clip_backdoor.reports.trigger_view import stretched_difference
 
-PAPERS = [  # (section, table module, the stages (kind, methods) of the runs it reports)
-    (
-        "Liang et al.: poisoning and the dual-embedding patch",
-        "poisoning",
-        ("attack", {"poison", "badencoder"}),
-    ),
-    (
-        "Xu et al. (RVPT) and the fine-tuning defenses",
-        "defenses",
-        ("defense", {"rvpt", "vpt", "cleanclip", "linear_probe", "ft"}),
-    ),
-    ("He et al.: decomposition, Decomp-Rep and Decomp-Det", "decomposition", ("detection", None)),
-    ("Bai et al.: the trigger-aware prompt attack", "bai", ("prompt", None)),
-    ("Model scan", "scan", ("scan", None)),
-    ("Training-data scan", "data_scan", ("data_scan", None)),
-]
 
-
-def applies(config: dict, stages: tuple[str, set[str] | None]) -> bool:
+def applies(config: dict, stages: tuple[str, frozenset[str] | None]) -> bool:
     """Whether a run has a stage of the section's kind (and one of its methods)."""
     kind, methods = stages
     return any(
@@ -235,15 +218,17 @@ def paper_tables(runs: list[Run]) -> list[dict]:
     """Each paper's table from the runs it applies to, with the run behind every row."""
     from clip_backdoor.reports.summary import tables
 
-    known = tables()
     sections = []
-    for title, name, stages in PAPERS:
+    for name, table in tables().items():
+        if table.section is None:
+            continue
+        title, stages = table.section, table.stages
         rows = []
         for run in runs:
             if run.config.get("matrix_cell") or not applies(run.config, stages):
                 continue  # matrix cells are the grid's (each repeats its attack's row)
             try:
-                found = known[name].rows(run.metrics, run.config, run.folder)
+                found = table.rows(run.metrics, run.config, run.folder)
             except (UserError, KeyError, TypeError, ValueError, IndexError):
                 continue  # the table does not apply to this run
             rows += [(row, run.source) for row in found if isinstance(row, dict)]

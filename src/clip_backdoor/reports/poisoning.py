@@ -195,5 +195,9 @@ def write_poisoning(rows: list[dict], sources: list[str], out: Path, ledger_name
 
 
 TABLE = Table(
-    "poisoning", lambda metrics, config, folder: [poisoning_row(metrics, config)], write_poisoning
+    "poisoning",
+    lambda metrics, config, folder: [poisoning_row(metrics, config)],
+    write_poisoning,
+    section="Liang et al.: poisoning and the dual-embedding patch",
+    stages=("attack", frozenset({"poison", "badencoder"})),
 )

@@ -461,4 +461,11 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
     return text
 
 
-TABLE = Table("scan", scan_rows, write_scan, latest_run_only=True)
+TABLE = Table(
+    "scan",
+    scan_rows,
+    write_scan,
+    latest_run_only=True,
+    section="Model scan",
+    stages=("scan", None),
+)
