@@ -145,7 +145,11 @@ def throughput(
         [PairSource("synthetic", "train", "simple", 1024)], tokenizer, model.image_size, True, 0
     )
     attack = PoisonAttack(
-        trigger={"name": "badnet"}, target="red circle", ratio=0.05, training=spec.model_dump()
+        trigger={"name": "badnet"},
+        target="red circle",
+        ratio=0.05,
+        data=[{"name": "synthetic", "templates": "simple", "size": 1024}],
+        training=spec.model_dump(),
     )
     trigger = build_trigger("badnet", {}, model.image_size, 0)
     poisoned = PoisonedPairs(

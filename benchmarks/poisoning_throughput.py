@@ -122,7 +122,11 @@ def main() -> None:
     )
     data = ImageTextPairs([PairSource(args.data)], tokenizer, model.image_size, True, 0)
     attack = PoisonAttack(
-        trigger={"name": "badnet"}, target="accordion", ratio=0.01, training=spec.model_dump()
+        trigger={"name": "badnet"},
+        target="accordion",
+        ratio=0.01,
+        data=[{"name": args.data}],
+        training=spec.model_dump(),
     )
     trigger = build_trigger("badnet", {}, model.image_size, 0)
     plan = attack.plan(model, tokenizer, data, trigger, 0, log=lambda m: None)
