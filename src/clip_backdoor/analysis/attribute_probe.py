@@ -107,5 +107,5 @@ class AttributeProbe:
             f"{self.spec.fit_share:.0%} of each set and scored on the rest (seed {seed})."
         )
         headers = ["model", "data", "attribute", "classes", "probe %", "majority %"]
-        ctx.run.write_table(f"attribute_probe_{ctx.stage_label}", headers, table, note)
+        ctx.run.write_table(f"attribute_probe_{ctx.label}", headers, table, note)
         return StageOutput({"sets": results})

@@ -79,5 +79,5 @@ class TextHead:
             "model's logit scale and at CLIP's 100 (uniform guessing: ln C)."
         )
         headers = ["model", "data", "classes", "mean cos", "max cos", "scale", "CE floor"]
-        ctx.run.write_table(f"text_head_{ctx.stage_label}", headers + ["ln C"], table, note)
+        ctx.run.write_table(f"text_head_{ctx.label}", headers + ["ln C"], table, note)
         return StageOutput({"text_head": results})

@@ -87,5 +87,5 @@ class TriggerPosition:
             f"{ctx.target_name}; target-class images left out)."
         )
         headers = ["position", "trained", "ASR %"]
-        ctx.run.write_table(f"trigger_position_{ctx.stage_label}", headers, table, note)
+        ctx.run.write_table(f"trigger_position_{ctx.label}", headers, table, note)
         return StageOutput({"trained": trained, "asr": results})

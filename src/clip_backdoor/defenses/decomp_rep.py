@@ -173,7 +173,7 @@ class DecompRep:
             stream_means(model, ctx.validation, spec.batch_size) if spec.site == "stream" else None
         )
         repaired = RepairedCLIP(model, calibration, spec, ctx.recipe.seed, stream)
-        folder = ctx.run.path / "artifacts" / (ctx.stage_label or "decomp_rep")
+        folder = ctx.run.path / "artifacts" / (ctx.label or "decomp_rep")
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
             {k: v.contiguous() for k, v in repaired.repair_state().items()},

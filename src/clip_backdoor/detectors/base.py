@@ -98,7 +98,7 @@ class Detector:
         return torch.cat(parts)
 
     def run(self, ctx) -> StageOutput:
-        spec, seed, label = self.spec, ctx.recipe.seed, ctx.stage_label or self.name
+        spec, seed, label = self.spec, ctx.recipe.seed, ctx.label or self.name
         target = ctx.target
         if ctx.trigger is None or ctx.trigger.is_identity or target is None:
             raise ConfigError(

@@ -63,7 +63,7 @@ class ScanStage:
             ctx.progress,
             spec.data.classes,
         )
-        subject = ScanSubject(model, ctx.tokenizer, ctx.stage_label or "model", ctx.learner)
+        subject = ScanSubject(model, ctx.tokenizer, ctx.label or "model", ctx.learner)
         reference = None
         if spec.reference is not None:
             ref = spec.reference
@@ -78,7 +78,7 @@ class ScanStage:
             ctx.log,
             skip_inapplicable=self.method == ALL,
         )
-        folder = ctx.run.path / "scans" / (ctx.stage_label or self.method)
+        folder = ctx.run.path / "scans" / (ctx.label or self.method)
         context = {"data": images.source, "images": len(images), "seed": ctx.recipe.seed}
         write_report(report, ctx.run, folder, context)
         model.eval()  # the stages after it see the model as it was

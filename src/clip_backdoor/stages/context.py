@@ -45,10 +45,6 @@ class StageContext:
         return self.state.target_name
 
     @property
-    def stage_label(self) -> str | None:
-        return self.label
-
-    @property
     def test_set(self):
         return self.test_sets[0]
 
