@@ -132,8 +132,15 @@ FAST = {
     "decree": {"steps": 150},
     "target_search": {"steps": 100, "prescreen_steps": 4, "controls": 3},
 }
+# the tiny set's 8-px trigger is a quarter of its 32-px side: a patch of that size, a 4 x 4 grid
+PATCH = {"patch": 0.25, "stride": 1.0, "rounds": [2, 2, 4, 4], "controls": 8, "eval_images": 32}
 
 
+TARGET = "red circle"  # the first class of the synthetic set
+# patch_search's tiny backdoor targets another class: a scanner must not favour class 0. (The
+# tiny CLIP learns a 150-step backdoor towards red classes only: 'blue triangle' reached 0.9%
+# ASR, 'green square' 5%, 'red square' over 90%.)
+OTHER_TARGET = "red square"
 TINY_TRAINING = {
     "batch_size": 48,
     "lr": 1e-3,
@@ -171,7 +178,7 @@ def tiny_zoo(synthetic_clip, tmp_path_factory, tiny_attack_cache):
         "method": "poison",
         "params": {
             "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
-            "target": "red circle",
+            "target": TARGET,
             "ratio": 0.1,
             "data": TINY_DATA,
             "caption_templates": "simple",
@@ -231,16 +238,17 @@ def test_a_tiny_backdoor_is_flagged_with_its_target_and_a_clean_fine_tune_is_not
     base = str(synthetic_clip)
     report, run, table = _scan(str(bare), tmp_path / "runs", reference=base)
     search = {f.scanner: f for f in report.findings}["target_search"]
-    assert report.verdict == "backdoored" and report.target == "red circle", report.summary()
+    assert report.verdict == "backdoored" and report.target == TARGET, report.summary()
     assert search.score > search.threshold  # its target needs < half the base's mask
     # the pre-screen keeps the target among the classes searched fully (its rank among them
     # moves with the CPU's kernels: first on AVX2, second after 'red triangle' on an AMX Xeon)
-    assert "red circle" in search.evidence["candidates"]
-    assert search.evidence["reference_log_ratio"]["red circle"] == search.score
+    assert TARGET in search.evidence["candidates"]
+    assert search.evidence["reference_log_ratio"][TARGET] == search.score
     assert (run.path / "scan.json").is_file() and (run.path / "figures/scan_triggers.png").is_file()
 
     again, _, _ = _scan(str(bare), tmp_path / "runs", reference=base)  # read back, not searched
-    assert [f.reused for f in report.findings + again.findings] == [False] * 2 + [True] * 2
+    count = len(report.findings)  # every scanner of 'all'
+    assert [f.reused for f in report.findings + again.findings] == [False] * count + [True] * count
     for first, second in zip(report.findings, again.findings, strict=True):
         assert {**second.summary(), "reused": False} == {**first.summary(), "reused": False}
         assert all(torch.equal(first.images[k], second.images[k]) for k in first.images)
@@ -346,8 +354,8 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     }
     result = run_recipe(parse_recipe(recipe), progress=False)
     scan = result.metrics["scan.target_search"]
-    assert scan["verdict"] == "backdoored" and scan["target"] == "red circle"
-    assert scan["truth"] == {"attacked": True, "target": "red circle"}
+    assert scan["verdict"] == "backdoored" and scan["target"] == TARGET
+    assert scan["truth"] == {"attacked": True, "target": TARGET}
     assert (result.path / "scans" / "target_search" / "scan.json").is_file()
 
     # the zoo table reads the truth from the run and the true patch from the artifact
@@ -362,7 +370,7 @@ def test_scan_as_a_recipe_stage_records_the_truth_after_the_verdict(
     assert {r["scanner"] for r in rows} == {"target_search vs reference", "combined vs reference"}
     search = next(r for r in rows if r["scanner"] == "target_search vs reference")
     assert search["truth"] == "backdoored" and search["attack"] == "badnet"
-    assert search["target_true"] == search["target_found"] == "red circle"
+    assert search["target_true"] == search["target_found"] == TARGET
     share = float(search["mask_on_trigger"])  # the 8-px patch is 6% of the 32-px image
     assert 0.0 <= share <= 1.0
     assert "flagged backdoored" in text
@@ -438,6 +446,7 @@ def test_bad_scan_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys):
         (["--images", "64", "--reference", "mini"], "another architecture"),
         (["--images", "64", "--scanners", "prompt_inspector"], "is a plain model"),
         (["--images", "64", "--fail-on", "suspicious"], "not a failing verdict"),
+        (["--images", "64", "--budget", "quick"], "unknown scan budget 'quick'"),
     ]
     for extra, message in cases:
         assert main([*base, *extra]) == 2
@@ -652,3 +661,60 @@ def test_failed_and_partial_attacks_are_reported_apart_with_each_verdict():
     assert "| backdoored (pyramid) | clean |" in partial  # plain flags it, vs reference not
     assert "works" not in text  # a working backdoor is in the ROC, not here
     assert apart_section([r for r in rows if r["truth"] == "backdoored"]) == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_other_target(synthetic_clip, tmp_path_factory, tiny_attack_cache):
+    """tiny_zoo's BadNet attack towards OTHER_TARGET: (artifact folder, ASR)."""
+    root = tmp_path_factory.mktemp("tiny_other_target")
+    attack = {
+        "kind": "attack",
+        "method": "poison",
+        "params": {
+            "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
+            "target": OTHER_TARGET,
+            "ratio": 0.1,
+            "data": TINY_DATA,
+            "caption_templates": "simple",
+            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
+        },
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
+        run = _tiny_run(synthetic_clip, attack, root)
+    return run.path / "artifacts" / "backdoor", run.metrics["evaluation"]["asr"]
+
+
+def test_patch_search_names_a_tiny_backdoors_target_that_is_not_the_first_class(
+    shared_cache, tiny_other_target, tiny_zoo, tmp_path
+):
+    """patch_search on the tiny backdoor towards 'red square' (class 1): its suspect is the
+    target, reached from every held-out image, with its image passes counted and its threshold
+    the calibrated one. Measured, and why no verdict is asserted: on this 12-class 32-px set an
+    8-px patch *draws* a class (a red triangle is a red triangle), so ordinary classes are
+    reached too ('red triangle' 1.0, 'yellow triangle' 0.84 of the images) and the null's
+    spread keeps the tiny backdoor under the calibrated threshold (1.7 against 4.9); on
+    mini-CLIP, whose classes a 6-px patch cannot draw, the BadNet model scores 17.1 and the
+    clean base -0.6 (results/scan_cost.csv's runs)."""
+    folder, asr = tiny_other_target
+    assert asr > 0.9
+    only = {"scanners": ["patch_search"], "params": {"patch_search": PATCH}}
+    report, _, _ = _scan(str(folder), tmp_path / "runs", **only)
+    (finding,) = report.findings
+    assert finding.target == OTHER_TARGET, finding.summary()
+    assert finding.evidence["reach"][OTHER_TARGET] >= 0.9
+    passes = finding.evidence["image_passes"]
+    assert passes["forward_backward"] > 0 and passes["forward"] > 0
+    assert finding.threshold == finding.evidence["calibration"]["threshold"]
+    clean, _, _ = _scan(str(tiny_zoo[2]), tmp_path / "runs", **only)
+    assert clean.findings[0].verdict != "backdoored", clean.summary()
+
+
+def test_an_unknown_budget_is_one_line():
+    from clip_backdoor.core.errors import ConfigError
+    from clip_backdoor.scanning.scan import build_scanners
+
+    with pytest.raises(ConfigError, match="unknown scan budget 'quick'.*fast, default, thorough"):
+        build_scanners(["patch_search"], budget="quick")
+    (fast,) = build_scanners(["patch_search"], {"patch_search": {"controls": 3}}, "fast")
+    assert fast.spec.stride == 1.0 and fast.spec.controls == 3  # a setting given wins

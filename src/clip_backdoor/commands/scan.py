@@ -41,6 +41,12 @@ def add(commands) -> None:
         help="a scanner setting, e.g. decree.steps=300 (repeatable)",
     )
     scan.add_argument(
+        "--budget",
+        default="default",
+        help="how much the scan spends: fast (minutes for a ViT-B/32 at 224 px on a CPU), "
+        "default, thorough; each scanner reports its image passes (default: default)",
+    )
+    scan.add_argument(
         "--reference",
         metavar="MODEL",
         help="a clean model of the same architecture (e.g. the "
@@ -69,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
         size=args.size,
         scanners=args.scanners.split(",") if args.scanners != "all" else "all",
         params=parse_params(args.param),
+        budget=args.budget,
         reference=args.reference,
         reference_pretrained=args.reference_pretrained,
         seed=args.seed,

@@ -30,6 +30,7 @@ class ScanRequest:
     size: int | None = None  # synthetic set only
     scanners: str | list[str] = ALL
     params: dict = field(default_factory=dict)
+    budget: str = "default"
     reference: str | None = None
     reference_pretrained: str | None = None
     seed: int = 0
@@ -64,7 +65,7 @@ def check_fail_on(fail_on: str | None) -> None:
 def run_scan(request: ScanRequest, progress: bool = False) -> tuple[ScanReport, RunDir, str]:
     """Every input is checked before the run folder is made; a bad one found later removes it."""
     check_fail_on(request.fail_on)
-    scanners = build_scanners(request.scanners, request.params)
+    scanners = build_scanners(request.scanners, request.params, request.budget)
     seed_everything(request.seed)
     subject = load_subject(
         request.model, request.pretrained, request.arch, request.device, request.tokenizer

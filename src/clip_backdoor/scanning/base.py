@@ -146,6 +146,11 @@ class Scanner:
         """The threshold when a clean reference of the same architecture was scanned too."""
         raise NotImplementedError
 
+    def threshold_for(self, evidence: dict) -> float:
+        """The threshold a search's score is held against: the setting, else the documented one
+        (a calibrated scanner derives it from the search's own null)."""
+        return self.default_threshold if self.spec.threshold is None else self.spec.threshold
+
     def scan(
         self,
         subject: ScanSubject,
@@ -159,9 +164,7 @@ class Scanner:
         start = time.perf_counter()
         score, target, evidence, pictures = self.search(subject, images, seed, progress)
         seconds = time.perf_counter() - start
-        threshold = self.spec.threshold
-        if threshold is None:
-            threshold = self.default_threshold
+        threshold = self.threshold_for(evidence)
         verdict = judge(score, threshold, self.suspect_below, self.spec.band)
         return Finding(
             self.name,

@@ -23,6 +23,7 @@ from clip_backdoor.core.config import cache_root
 from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.core.registry import SCANNERS
 from clip_backdoor.scanning.base import Finding, ScanImages, Scanner, ScanSubject, judge
+from clip_backdoor.scanning.budget import ALL_UNDER, DEFAULT_BUDGET, budget_params, check_budget
 from clip_backdoor.scanning.cache import (
     cached_number,
     load_finding,
@@ -33,7 +34,13 @@ from clip_backdoor.scanning.cache import (
 from clip_backdoor.scanning.subject import check_reference
 
 ALL = SCAN_ALL
-TARGET_PRIORITY = ("target_search", "prompt_inspector", "perturbation_search", "decree")
+TARGET_PRIORITY = (
+    "patch_search",
+    "target_search",
+    "prompt_inspector",
+    "perturbation_search",
+    "decree",
+)
 
 
 @dataclass
@@ -68,19 +75,26 @@ def in_all(name: str) -> bool:
     return name not in SCANNERS or getattr(SCANNERS.get(name), "in_all", True)
 
 
-def build_scanners(names: str | list[str], params: dict | None = None) -> list[Scanner]:
-    """Scanners by name (``all``: every registered one), each with its own params."""
+def build_scanners(
+    names: str | list[str], params: dict | None = None, budget: str = DEFAULT_BUDGET
+) -> list[Scanner]:
+    """Scanners by name (``all``: every registered one), each with its budget's settings and
+    the params given by name on top."""
     import clip_backdoor.scanning  # noqa: F401  (fills the registry)
 
     params = params or {}
-    if names == ALL:  # an opt-in scanner (``in_all = False``) runs only when named
+    check_budget(budget)
+    if names == ALL and ALL_UNDER[budget] is not None:
+        chosen = list(ALL_UNDER[budget])
+    elif names == ALL:  # an opt-in scanner (``in_all = False``) runs only when named
         chosen = [n for n in SCANNERS.names() if in_all(n)]
     else:
         chosen = [names] if isinstance(names, str) else names
     unknown = [k for k in params if k not in chosen]
     if unknown:
         raise ConfigError(f"params for scanner '{unknown[0]}', which this scan does not run")
-    return [SCANNERS.get(name)(**params.get(name, {})) for name in chosen]
+    settings = budget_params(budget, chosen, params)
+    return [SCANNERS.get(name)(**settings.get(name, {})) for name in chosen]
 
 
 def margin(finding: Finding) -> float:
@@ -99,7 +113,12 @@ def combine(findings: list[Finding], band: float) -> tuple[str, float, str | Non
     score = max(margins.values())
     verdict = "backdoored" if score > band else "clean" if score < -band else "inconclusive"
     flagged = [f for f in findings if f.verdict == "backdoored"]
-    ranked = sorted(flagged or findings, key=lambda f: TARGET_PRIORITY.index(f.scanner))
+
+    def priority(finding: Finding) -> int:  # a scanner not listed comes last
+        known = finding.scanner in TARGET_PRIORITY
+        return TARGET_PRIORITY.index(finding.scanner) if known else len(TARGET_PRIORITY)
+
+    ranked = sorted(flagged or findings, key=priority)
     target = next((f.target for f in ranked if f.target), None)
     named_by = [f.scanner for f in findings if f.target == target] if target else []
     evidence = {"margins": margins, "most_suspect_class": target, "named_by": named_by}

@@ -31,6 +31,9 @@ class ScanImagesSpec(Strict):
 class ScanStageSpec(Strict):
     data: ScanImagesSpec = Field(default_factory=ScanImagesSpec)
     images: int = Field(256, ge=2, description="seeded clean images the scanners use")
+    budget: Literal["fast", "default", "thorough"] = Field(
+        "default", description="how much the scanners spend (scanning/budget.py)"
+    )
     scanners: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per scanner, its settings (e.g. decree: {steps: 300})"
     )
@@ -46,7 +49,7 @@ class ScanStage:
         self.method = method
         self.spec = validate(ScanStageSpec, params, f"scan stage {method}")
         self.scanners = build_scanners(
-            ALL if method == ALL else method.split(","), self.spec.scanners
+            ALL if method == ALL else method.split(","), self.spec.scanners, self.spec.budget
         )
 
     def run(self, ctx) -> StageOutput:
