@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/visual_prompts.py
 	$(BIN)/python benchmarks/decomposition.py
 	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/scan_cost.py --classes --scanners patch_search,blend_search
 	$(BIN)/python benchmarks/data_scan.py
 
 # the general GPU smoke, then every paper's recipe (recipes/papers/) run --smoke on CUDA, timed
