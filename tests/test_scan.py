@@ -152,6 +152,22 @@ TINY_TRAINING = {
 TINY_DATA = [{"name": "synthetic", "split": "train", "size": 960, "templates": "simple"}]
 
 
+def _tiny_badnet(target: str) -> dict:
+    """The demo's attack stage: an 8-px bottom-right BadNet patch, 10% of the pairs, 150 steps."""
+    return {
+        "kind": "attack",
+        "method": "poison",
+        "params": {
+            "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
+            "target": target,
+            "ratio": 0.1,
+            "data": TINY_DATA,
+            "caption_templates": "simple",
+            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
+        },
+    }
+
+
 def _tiny_run(model, stage: dict, root):
     from clip_backdoor.pipeline.recipes import parse_recipe
     from clip_backdoor.pipeline.runner import run_recipe
@@ -173,18 +189,7 @@ def tiny_zoo(synthetic_clip, tmp_path_factory, tiny_attack_cache):
     (the demo's attack, 150 steps) and the same CLIP fine-tuned on clean pairs (60 steps):
     (backdoor artifact folder, its ASR, clean fine-tune folder)."""
     root = tmp_path_factory.mktemp("tiny_zoo")
-    attack = {
-        "kind": "attack",
-        "method": "poison",
-        "params": {
-            "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
-            "target": TARGET,
-            "ratio": 0.1,
-            "data": TINY_DATA,
-            "caption_templates": "simple",
-            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
-        },
-    }
+    attack = _tiny_badnet(TARGET)
     with pytest.MonkeyPatch.context() as patch:  # a module fixture runs before the autouse one
         patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
         backdoored = _tiny_run(synthetic_clip, attack, root)
@@ -667,18 +672,7 @@ def test_failed_and_partial_attacks_are_reported_apart_with_each_verdict():
 def tiny_other_target(synthetic_clip, tmp_path_factory, tiny_attack_cache):
     """tiny_zoo's BadNet attack towards OTHER_TARGET: (artifact folder, ASR)."""
     root = tmp_path_factory.mktemp("tiny_other_target")
-    attack = {
-        "kind": "attack",
-        "method": "poison",
-        "params": {
-            "trigger": {"name": "badnet", "params": {"size": 8, "position": "bottom_right"}},
-            "target": OTHER_TARGET,
-            "ratio": 0.1,
-            "data": TINY_DATA,
-            "caption_templates": "simple",
-            "training": {"steps": 150, "checkpoint_every": 150, **TINY_TRAINING},
-        },
-    }
+    attack = _tiny_badnet(OTHER_TARGET)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLIP_BACKDOOR_CACHE", tiny_attack_cache)
         run = _tiny_run(synthetic_clip, attack, root)
