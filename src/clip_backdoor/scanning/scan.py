@@ -36,6 +36,7 @@ from clip_backdoor.scanning.subject import check_reference
 ALL = SCAN_ALL
 TARGET_PRIORITY = (
     "patch_search",
+    "blend_search",
     "target_search",
     "prompt_inspector",
     "perturbation_search",
