@@ -68,3 +68,20 @@ def test_the_scan_table_shows_each_models_asr_at_each_position():
     (line,) = [row for row in text.splitlines() if row.startswith("| m/badnet")]
     assert "bottom_right" in line and "93.75" in line and "12.5" in line
     assert "m/clean" not in text and position_section(rows[2:]) == ""
+
+
+def test_the_grid_maps_where_a_tiny_backdoor_fires(poisoned_cache, tmp_path):
+    """The grid's place flush with the bottom right is the attack's own place: the attack's
+    trigger fires there, and the map is a (rows x cols) table of shares with its figure."""
+    data = copy.deepcopy(POISON_RECIPE)
+    data["runs_root"] = str(tmp_path / "runs")
+    data["evaluation"] = {**data["evaluation"], "quality": False}
+    params = {"positions": ["bottom_right"], "grid": 8, "grid_images": 16}
+    data["stages"].append({"kind": "analysis", "method": "trigger_position", "params": params})
+    result = run_recipe(parse_recipe(data), progress=False)
+    found = result.metrics["analysis.trigger_position"]["grid"]
+    starts, asr = found["starts"], found["asr"]
+    assert starts[-1] == found["size"] - found["patch"] and len(asr) == len(starts)
+    assert all(len(row) == len(starts) and all(0 <= a <= 1 for a in row) for row in asr)
+    assert asr[-1][-1] >= 0.75  # the trained place; the attack's ASR there is over 90%
+    assert (result.path / "figures" / "trigger_position_trigger_position.png").is_file()

@@ -16,10 +16,19 @@ import numpy as np
 import torch
 
 from clip_backdoor.reports.common import Table, config_model, markdown_table, provenance, write_csv
+from clip_backdoor.reports.scan_gate import (
+    covers,
+    covers_firing,
+    family_section,
+    found_mask,
+    gate_section,
+    zoo_part,
+)
 from clip_backdoor.reports.targets import targets
 
 SCAN_COLUMNS = ["model", "kind", "truth", "attack", "asr", "scanner", "score", "verdict"]
 SCAN_COLUMNS += ["target_true", "target_found", "seconds", "seed", "mask_on_trigger"]
+SCAN_COLUMNS += ["part", "mode", "covers_trigger", "covers_firing"]
 
 
 def truth_label(attacked: bool, asr: float | None) -> str:
@@ -124,6 +133,13 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
         label = key.removeprefix("scan.")
         truth = scan.get("truth", {})
         asr = _asr_before(metrics, label)
+        # against a reference a scanner's score changes unit (e.g. a log mask ratio, not an
+        # anomaly index), and under another budget it is another detector: own lines
+        suffix = " vs reference" if scan.get("reference") else ""
+        mode = "vs reference" if scan.get("reference") else "plain"
+        if scan.get("budget", "default") != "default":  # another detector: its own line
+            suffix += f" (budget {scan['budget']})"
+            mode += f", {scan['budget']}"
         base = {
             "model": f"{config_model(config)}/{config.get('name')}",
             "kind": scan.get("kind", "checkpoint"),
@@ -134,13 +150,11 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
             "seed": config.get("seed"),
             "scan_folder": str(folder / "scans" / label) if folder is not None else "",
             "trigger_position": trigger_position(metrics),
+            "mode": mode,
         }
         scan_folder = Path(scan.get("folder", ""))
         if folder is not None:
             scan_folder = folder / "scans" / label
-        # against a reference a scanner's score changes unit (e.g. a log mask ratio, not an
-        # anomaly index): its rows get a line of their own
-        suffix = " vs reference" if scan.get("reference") else ""
         findings = scan.get("scanners", [])
         # a verdict that also weighs an opt-in scanner is not the default scan's: own line
         from clip_backdoor.scanning.scan import in_all
@@ -163,6 +177,8 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
                     "mask_on_trigger": mask_share(folder, scan_folder, finding["scanner"], region)
                     if folder is not None
                     else math.nan,
+                    "scanner_name": finding["scanner"],
+                    **placement(scan_folder, finding["scanner"], region, base["trigger_position"]),
                 }
             )
         rows.append(
@@ -176,11 +192,21 @@ def scan_rows(metrics: dict, config: dict, folder: Path | None = None) -> list[d
                 "target_found": scan.get("target") or "",
                 "seconds": scan.get("seconds", math.nan),
                 "mask_on_trigger": math.nan,
+                "scanner_name": "combined",
+                "covers_trigger": math.nan,
+                "covers_firing": math.nan,
                 # one scanner's scan: its combined row is that scanner's verdict, not the zoo's
                 "single_scanner": len(findings) == 1,
             }
         )
     return rows
+
+
+def placement(scan_folder: Path, scanner: str, region, position: dict | None) -> dict:
+    """Where a found patch lies: on the stamped patch, and on a place the trigger fires."""
+    mask = found_mask(scan_folder, scanner)
+    grid = (position or {}).get("grid")
+    return {"covers_trigger": covers(mask, region), "covers_firing": covers_firing(mask, grid)}
 
 
 def trigger_position(metrics: dict) -> dict | None:
@@ -377,6 +403,8 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
     rows = sorted(rows, key=lambda r: (r["kind"], r["truth"], r["attack"], r["seed"], r["scanner"]))
     rows = without_repeats(rows)
     calibrate(rows)
+    for row in rows:
+        row["part"] = zoo_part(row)
     write_csv(out / "scan.csv", SCAN_COLUMNS, rows)
     headers = ["model", "kind", "truth", "attack", "ASR %", "seed", "scanner", "score"]
     headers += ["threshold", "verdict", "calibrated", "target", "found", "mask on trigger", "s"]
@@ -450,6 +478,8 @@ def write_scan(rows: list[dict], sources: list[str], out: Path, ledger_name: str
             ],
             summary,
         )
+        + gate_section(rows, auroc)
+        + family_section(rows)
         + position_section(rows)
         + apart_section(rows)
         + "\n\n"

@@ -4,7 +4,8 @@ trigger's place, towards its target, nearly always; a clean model's: nowhere, fo
 Neural Cleanse's free mask finds the target class but not the trigger (results/scan.md: 0.00-0.20
 of the inverted mask on the true patch): a mask may scatter its pixels where an adversarial
 pattern works. Here the mask is a square patch of fixed size (``patch``, a share of the image
-side: 6 px at 64, 22 at 224) and the search is over *where* it sits and what it shows:
+side rounded up to whole tokens on a ViT: 8 px at 64 on mini-CLIP, 32 on ViT-B/32, 22 on a
+ResNet at 224) and the search is over *where* it sits and what it shows:
 
 1. sweep: one patch per position of a coarse grid (stride one patch) optimised, all positions
    in one batch, to send its images to any single class (the soft maximum over classes of the
@@ -13,15 +14,19 @@ side: 6 px at 64, 22 at 224) and the search is over *where* it sits and what it 
 2. reach: for each suspect and for seeded control classes, the patch is optimised towards that
    class at every position of a finer grid (stride ``stride`` patches), successive halving
    dropping the half of the positions whose loss fell least in the round (where the class is
-   reached fastest), and the
-   survivor's pattern is measured on held-out images of the other classes.
+   reached fastest), and the survivor's pattern is measured on held-out images of the other
+   classes.
 3. verdict: the suspect's reach against the controls', at the stated false-alarm rate
    ``alpha`` (``calibration.py``); with a clean reference, each class's reach minus the
    reference's (same search, same seed).
 
-On the v1 BadNet model (accordion, 5-px patch bottom right) a first version of step 2 reached
-accordion with 95% of held-out images at (58, 58), median 2% over the other positions, and
-pizza with 2% at best (256 positions, 12 steps; /tmp prototype, not a recipe run).
+Where the patch ends up says where the model *reads* a trigger, which need not be where it was
+stamped in training: the v1 BadNet zoo model (pizza, 5 px at the top left) fires with its own
+patch at every token-aligned place (84-97% of held-out images, 64 places) and at none that
+straddles tokens; the dual-embedding one (laptop, top right) at every row of the last column
+and nowhere else (a development measurement, /tmp script, not a recipe run). The zoo's report
+therefore measures a found patch against the region where the true trigger fires
+(analysis ``trigger_position``, ``grid``), beside the share on the stamped patch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from pydantic import Field
 from tqdm import tqdm
 
 from clip_backdoor.core import precision as precision_mod
+from clip_backdoor.core.errors import ConfigError
 from clip_backdoor.core.registry import SCANNERS
+from clip_backdoor.models.image_tower import ImageTower
 from clip_backdoor.scanning.base import ScanImages, Scanner, ScannerSpec, ScanSubject
 from clip_backdoor.scanning.cache import cached_number, scan_key
 from clip_backdoor.scanning.calibration import calibrate, logit_rate
@@ -58,6 +65,9 @@ class ClassReachSpec(ScannerSpec):
 
 class PatchSearchSpec(ClassReachSpec):
     patch: float = Field(0.1, gt=0, le=0.5, description="patch side, as a share of the image side")
+    snap: bool = Field(
+        True, description="on a ViT, round the patch up to whole tokens (see patch_side)"
+    )
     stride: float = Field(0.5, gt=0, le=1, description="fine grid step, in patch sides")
     rounds: list[int] = Field(
         [4, 4, 4, 8, 8, 8],
@@ -65,6 +75,23 @@ class PatchSearchSpec(ClassReachSpec):
         description="steps of each successive-halving round (half the positions kept after each)",
     )
     images_per_position: int = Field(1, ge=1, description="images per position per step")
+
+
+def patch_side(model: torch.nn.Module, share: float, size: int, snap: bool = True) -> int:
+    """The patch side in pixels: ``share`` of the image side, rounded up to whole tokens on a
+    ViT. A ViT reads a small trigger through the tokens it lies in: the mini-CLIP BadNet model
+    (5-px patch trained at the top left) fires with its own patch pasted at any token-aligned
+    place (84-97% of images) and at no place that straddles tokens (0%). A patch of whole
+    tokens on a half-token grid contains every trigger up to half a token and one pixel
+    whole, with fewer places to search than a pixel grid."""
+    side = max(2, round(share * size))
+    if not snap:
+        return side
+    try:
+        token = ImageTower.of(model).patch_size
+    except (ConfigError, AttributeError):  # no token grid (a ResNet): the share as it is
+        return side
+    return min(size, token * math.ceil(side / token))
 
 
 def grid(size: int, patch: int, step: int) -> list[int]:
@@ -228,7 +255,7 @@ class PatchSearcher(ClassReacher):
 
     def __init__(self, spec: PatchSearchSpec, subject: ScanSubject, images: ScanImages, seed: int):
         super().__init__(spec, subject, images, seed)
-        self.patch = max(2, round(spec.patch * self.size))
+        self.patch = patch_side(subject.model, spec.patch, self.size, spec.snap)
 
     def positions(self, stride: float) -> list[tuple[int, int]]:
         starts = grid(self.size, self.patch, round(stride * self.patch))

@@ -89,6 +89,7 @@ class ScanStage:
         truth["target"] = ctx.target_name
         kind = "prompt_learner" if ctx.learner is not None else "checkpoint"
         summary = {**report.summary(), **context, "kind": kind, "truth": truth}
+        summary["budget"] = spec.budget
         return StageOutput({**summary, "folder": str(folder)})
 
 
