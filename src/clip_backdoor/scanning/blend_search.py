@@ -73,7 +73,7 @@ class BlendSearcher(ClassReacher):
             optimizer.step()
             self.passes["forward_backward"] += spec.starts * k
         with torch.no_grad():
-            held = min(16, len(self.images))
+            held = min(spec.sweep_images, len(self.images))
             base = self.batch(1, held, generator, None).expand(spec.starts, -1, -1, -1, -1)
             predicted = self.logits(self.blend(base, raw).flatten(0, 1)).argmax(dim=-1)
             self.passes["forward"] += spec.starts * held

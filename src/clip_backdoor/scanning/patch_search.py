@@ -53,6 +53,9 @@ class ClassReachSpec(ScannerSpec):
     """What every calibrated class-reach scanner shares: suspects, controls, the verdict."""
 
     sweep_steps: int = Field(6, ge=1, description="steps of the untargeted sweep")
+    sweep_images: int = Field(
+        16, ge=4, description="fresh images each sweep start is held to when naming suspects"
+    )
     eval_images: int = Field(64, ge=8, description="held-out images a class's reach is measured on")
     candidates: int = Field(2, ge=1, description="suspect classes taken from the sweep")
     controls: int = Field(
@@ -285,7 +288,7 @@ class PatchSearcher(ClassReacher):
             optimizer.step()
             self.passes["forward_backward"] += len(alive) * k
         with torch.no_grad():  # each position's class on a fresh batch
-            held = min(16, len(self.images))
+            held = min(spec.sweep_images, len(self.images))
             pixels = stamper(
                 self.batch(1, held, generator, None).expand(len(alive), -1, -1, -1, -1),
                 unit(raw),
