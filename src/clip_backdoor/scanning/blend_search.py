@@ -62,7 +62,7 @@ class BlendSearcher(ClassReacher):
         generator = torch.Generator().manual_seed(self.seed)
         raw = self.signals(spec.starts, generator)
         optimizer = torch.optim.Adam([raw], lr=spec.lr)
-        k = max(1, spec.batch // spec.starts)
+        k = spec.sweep_batch
         for _ in range(spec.sweep_steps):
             pixels = self.blend(self.batch(spec.starts, k, generator, None), raw)
             logp = F.log_softmax(self.logits(pixels.flatten(0, 1)), dim=-1)

@@ -20,7 +20,7 @@ BUDGETS: dict[str, dict[str, dict]] = {
     "fast": {
         "patch_search": {
             "stride": 1.0,
-            "sweep_steps": 4,
+            "sweep_steps": 3,
             "sweep_images": 8,
             "rounds": [2, 2, 2, 4],
             "candidates": 2,
@@ -31,6 +31,7 @@ BUDGETS: dict[str, dict[str, dict]] = {
         "blend_search": {
             "steps": 12,
             "batch": 8,
+            "sweep_batch": 2,
             "sweep_images": 8,
             "controls": 6,
             "eval_images": 32,

@@ -8,9 +8,9 @@ side rounded up to whole tokens on a ViT: 8 px at 64 on mini-CLIP, 32 on ViT-B/3
 ResNet at 224) and the search is over *where* it sits and what it shows:
 
 1. sweep: one patch per position of a coarse grid (stride one patch) optimised, all positions
-   in one batch, to send its images to any single class (the soft maximum over classes of the
-   mean log-probability); the classes the most successful positions reach are the suspects.
-   Its cost does not grow with the class count.
+   in one batch and ``sweep_batch`` images each, to send its images to any single class (the
+   soft maximum over classes of the mean log-probability); the classes the most successful
+   positions reach are the suspects. Its cost does not grow with the class count.
 2. reach: for each suspect and for seeded control classes, the patch is optimised towards that
    class at every position of a finer grid (stride ``stride`` patches), successive halving
    dropping the half of the positions whose loss fell least in the round (where the class is
@@ -52,7 +52,14 @@ from clip_backdoor.scanning.classes import ClassHead
 class ClassReachSpec(ScannerSpec):
     """What every calibrated class-reach scanner shares: suspects, controls, the verdict."""
 
-    sweep_steps: int = Field(6, ge=1, description="steps of the untargeted sweep")
+    sweep_steps: int = Field(10, ge=1, description="steps of the untargeted sweep")
+    sweep_batch: int = Field(
+        4,
+        ge=1,
+        description="images per start and step of the sweep: a pattern that must move several "
+        "images at once is universal, as a trigger is (at 1 image the v1 BadNet model's sweep "
+        "named six other classes; at 4, pizza first)",
+    )
     sweep_images: int = Field(
         16, ge=4, description="fresh images each sweep start is held to when naming suspects"
     )
@@ -277,7 +284,7 @@ class PatchSearcher(ClassReacher):
         raw = self.patterns(len(positions), generator)
         optimizer = torch.optim.Adam([raw], lr=spec.lr)
         alive = list(range(len(positions)))
-        k = spec.images_per_position
+        k = spec.sweep_batch
         for _ in range(spec.sweep_steps):
             pixels = stamper(self.batch(len(alive), k, generator, None), unit(raw), alive)
             logp = F.log_softmax(self.logits(pixels.flatten(0, 1)), dim=-1)
