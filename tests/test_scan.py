@@ -400,7 +400,16 @@ def vit_b_32():
 
 
 @pytest.mark.parametrize(
-    "name", ["decree", "target_search", "perturbation_search", "prompt_inspector", "cocoop"]
+    "name",
+    [
+        "decree",
+        "target_search",
+        "perturbation_search",
+        "patch_search",
+        "blend_search",
+        "prompt_inspector",
+        "cocoop",
+    ],
 )
 def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
     """Every scanner on the full-size path; prompt_inspector through CoOp and CoCoOp (whose
@@ -416,7 +425,8 @@ def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
     name = "prompt_inspector" if name == "cocoop" else name
     subject = ScanSubject(model, tokenizer, "ViT-B-32", learner)
     pixels = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
-    images = ScanImages(pixels, torch.tensor([0, 1, 0, 1]), ["cat", "dog"], "random")
+    names = ["cat", "dog", "bird", "fish"]  # patch/blend_search need 2 controls past a suspect
+    images = ScanImages(pixels, torch.tensor([0, 1, 2, 3]), names, "random")
     few = {
         "decree": {"steps": 2, "batch_size": 2},
         "target_search": {"steps": 2, "prescreen_steps": 1, "batch_size": 2, "controls": 2},
@@ -424,6 +434,28 @@ def test_scanners_run_a_few_steps_on_an_untrained_vit_b_32(name, vit_b_32):
             "steps": 1,
             "prescreen_steps": 1,
             "batch_size": 2,
+            "eval_images": 8,
+            "controls": 2,
+        },
+        # half the side: 4 places at 224 px, one token grid step of ViT-B/32 is 32 px
+        "patch_search": {
+            "patch": 0.5,
+            "batch_size": 2,
+            "sweep_steps": 1,
+            "sweep_batch": 1,
+            "sweep_images": 4,
+            "rounds": [1],
+            "eval_images": 8,
+            "controls": 2,
+        },
+        "blend_search": {
+            "starts": 1,
+            "batch_size": 2,
+            "sweep_steps": 1,
+            "sweep_batch": 1,
+            "sweep_images": 4,
+            "steps": 1,
+            "batch": 2,
             "eval_images": 8,
             "controls": 2,
         },

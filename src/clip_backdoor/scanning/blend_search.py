@@ -10,6 +10,18 @@ same three steps as ``patch_search``: an untargeted sweep from a few seeded star
 suspects, each suspect and the seeded controls get one targeted search, and the suspect's
 reach is judged against the controls' at the stated false-alarm rate (``calibration.py``), or,
 with a reference, each class's gain over the reference's.
+
+The bound and the step count were set on the zoo's fitted part only (v1 Blended towards
+butterfly, v2 SIG towards pizza, the two public bases). A full-image trigger fires only near
+its trained amplitude (Blended at alpha 0.2: 93% at 0.2, 2% at 0.1; SIG at 60/255: 88% at 0.2,
+5% at 0.1), so ``eps`` is 0.2. At that bound a few dozen steps send images to almost any class
+of a small CLIP (a universal adversarial perturbation), so each class gets only 10 steps: a
+class the model already has a shortcut to is reached in them, an ordinary one is not (Blended:
+statistic 5.05 against 4.42 with 24 controls; the bases 1.70 and 1.37; at 0.1 and 40 steps the
+Blended model scored 3.50 against 5.45). The v2 SIG model is still missed: neither the sweep
+nor a targeted search finds its sinusoid in 10 steps (1 of 64 images), and more freedom
+(lr 0.3, a 64-value grid) reaches the controls as well (51 of 64 for pizza, up to 64 for
+controls).
 """
 
 from __future__ import annotations
@@ -24,9 +36,23 @@ from clip_backdoor.scanning.patch_search import ClassReacher, ClassReachSpec, Pa
 
 
 class BlendSearchSpec(ClassReachSpec):
-    eps: float = Field(0.1, gt=0, le=1, description="L-inf bound of the additive signal")
+    eps: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="L-inf bound of the additive signal: Blended at alpha 0.2 moves a pixel up "
+        "to 0.2 (the v1 Blended zoo model fires at 93% there, 45% at 0.15, 2% at 0.1)",
+    )
     grid: int = Field(16, ge=1, description="values per side of the signal, upsampled")
-    steps: int = Field(40, ge=1, description="targeted steps per searched class")
+    steps: int = Field(
+        10,
+        ge=1,
+        description="targeted steps per searched class: few, so that a class is reached only "
+        "through a shortcut the model already has (at 40 steps any class is reached)",
+    )
+    controls: int = Field(
+        24, ge=2, description="seeded ordinary classes: the null (cheap at 10 steps each)"
+    )
     batch: int = Field(16, ge=1, description="images per step")
     starts: int = Field(4, ge=1, description="seeded starts of the untargeted sweep")
     lr: float = Field(0.05, gt=0, description="Adam's lr on the signal")

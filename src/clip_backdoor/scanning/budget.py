@@ -29,7 +29,7 @@ BUDGETS: dict[str, dict[str, dict]] = {
         },
         # ViT-B/32 at 224 px on 2 cores: 8 controls and 16 blend steps took 9.7 + ~5 min
         "blend_search": {
-            "steps": 12,
+            "steps": 10,
             "batch": 8,
             "sweep_batch": 2,
             "sweep_images": 8,
@@ -47,7 +47,7 @@ BUDGETS: dict[str, dict[str, dict]] = {
             "controls": 16,
             "eval_images": 128,
         },
-        "blend_search": {"steps": 80, "controls": 16, "eval_images": 128},
+        "blend_search": {"starts": 8, "controls": 32, "eval_images": 128},
     },
 }
 # What ``all`` runs under each budget (None: every scanner that is not opt-in). ``fast`` leaves
