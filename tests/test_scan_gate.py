@@ -97,12 +97,20 @@ def test_the_gate_counts_each_mode_on_each_part(split, tmp_path):
             "scan_fast": ("clean", "", False, "fast"),
         },
     )
+    rows += model(  # another clean fine-tune of the same seed: its own line in the table
+        "zoo_clean_half",
+        1,
+        0.0,
+        "",
+        {"scan": ("clean", "", False, "default")},
+    )
     text = write_scan(rows, [], tmp_path, "scan_runs.json")
     gate = text.split("## The gate")[1].split("## Judged part")[0]
     lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in gate.splitlines()}
     plain = lines[("judged", "plain", "patch_search")]
-    assert "| 1/1 | 1/1 |" in plain  # the backdoor flagged, and the clean model too
+    assert "| 1/1 | 1/2 |" in plain  # the backdoor flagged, and one clean model too
     assert "| 1/1 | 0/1 |" in lines[("judged", "vs reference", "patch_search")]
     assert "| 0/1 | 0/1 |" in lines[("judged", "plain, fast", "patch_search")]
     family = text.split("## Judged part")[1]
     assert "backdoored (laptop)" in family and "backdoored (pizza)" in family
+    assert "| zoo_clean |" in family and "| zoo_clean_half |" in family

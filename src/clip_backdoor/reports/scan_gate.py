@@ -135,8 +135,8 @@ def gate_section(rows: list[dict], auroc) -> str:
 
 
 def family_section(rows: list[dict]) -> str:
-    """The judged part, one line per model: each mode's verdict and named target, and where
-    the found patch lies."""
+    """The judged part, one line per model (by its recipe name): each mode's verdict and
+    named target, and where the found patch lies."""
     judged = [r for r in rows if r.get("part") == "judged" and r["scanner"].startswith("combined")]
     if not judged:
         return ""
@@ -145,7 +145,8 @@ def family_section(rows: list[dict]) -> str:
     for r in rows:
         if r.get("part") != "judged":
             continue
-        key = (r["attack"], r["target_true"] or "-", r["seed"], r["asr"], r["truth"])
+        member = r["model"].split("/")[-1]  # two clean fine-tunes share attack and seed
+        key = (member, r["attack"], r["target_true"] or "-", r["seed"], r["asr"], r["truth"])
         scanner, mode = _mode_of(r)
         if scanner == "combined":
             named = f" ({r['target_found']})" if r["verdict"] == "backdoored" else ""
@@ -165,7 +166,16 @@ def family_section(rows: list[dict]) -> str:
         "the found patch lies: the share of the stamped patch it covers / of the best firing "
         "place.\n\n"
         + markdown_table(
-            ["attack", "target", "seed", "ASR %", "truth", *modes, "patch: stamped / firing"],
+            [
+                "model",
+                "attack",
+                "target",
+                "seed",
+                "ASR %",
+                "truth",
+                *modes,
+                "patch: stamped / firing",
+            ],
             body,
         )
     )
