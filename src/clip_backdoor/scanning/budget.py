@@ -9,7 +9,8 @@ evidence (``image_passes``); ``results/scan_cost.csv`` records what each budget 
   shorter rounds: meant to finish a ViT-B/32 at 224 px on a laptop's CPU in minutes.
 - ``default``: each scanner's own defaults.
 - ``thorough``: two images per position and step, longer rounds, sixteen controls (a lower
-  threshold at the same false-alarm rate).
+  threshold at the same false-alarm rate); blend_search: eight sweep starts, 32 controls (its
+  steps stay few: a longer search reaches any class).
 """
 
 from __future__ import annotations
